@@ -1,0 +1,195 @@
+"""Typed configuration: every knob fedmodel reads flows through these pydantic models.
+
+One model per concern (data, partition, model, optimiser, DP, training, strategy, federation,
+budget), composed into ``LocalTrainConfig`` (``fedmodel train-local``) and ``ScenarioConfig``
+(``fedmodel simulate`` and the Flower apps). Unknown keys are rejected so that a typo in a TOML
+file is an error naming the field, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedmodel.errors import ConfigError
+
+DatasetName = Literal[
+    "mnist", "rotten-tomatoes", "heart", "german-credit", "adult", "digits", "breast-cancer"
+]
+ModelName = Literal["cnn", "mlp", "minilm"]
+StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"]
+
+
+class StrictModel(BaseModel):
+    """Base for all config sections: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(StrictModel):
+    dataset: DatasetName = "mnist"
+    train_limit: int | None = Field(None, gt=0, description="seeded slice of training rows")
+    test_limit: int | None = Field(None, gt=0, description="seeded slice of test rows")
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="held-out share where no natural test set exists (per site)"
+    )
+    augment: bool = Field(False, description="random shifts for images (training rows only)")
+    max_length: int = Field(64, ge=8, le=512, description="tokeniser max length for text")
+    seed: int = 0
+
+
+class PartitionConfig(StrictModel):
+    scheme: Literal["iid", "dirichlet", "natural"] = "iid"
+    num_partitions: int = Field(1, ge=1)
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller = more skew)")
+    seed: int = 0
+
+
+class ModelConfig(StrictModel):
+    name: ModelName = "cnn"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    hidden_sizes: list[int] = Field(default_factory=lambda: [64, 32], description="MLP only")
+    cnn_channels: list[int] = Field(default_factory=lambda: [16, 32], description="CNN only")
+    bert_layers: int = Field(2, ge=1, le=6, description="MiniLM encoder layers kept")
+    bert_trainable: Literal["head", "top-k", "all-but-embeddings"] = "top-k"
+    bert_top_k: int = Field(1, ge=1, le=6)
+
+
+class OptimizerConfig(StrictModel):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    step_size: int = Field(100, ge=1, description="steps between decays for the step schedule")
+    gamma: float = Field(0.5, gt=0, le=1, description="decay factor for the step schedule")
+
+
+class DPConfig(StrictModel):
+    enabled: bool = True
+    noise_multiplier: float | None = Field(None, ge=0)
+    target_epsilon: float | None = Field(
+        None, gt=0, description="calibrate noise so the steps that will really run reach this"
+    )
+    delta: float = Field(1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    accountant: Literal["prv", "rdp"] = "prv"
+    poisson_sampling: bool = True
+    max_physical_batch_size: int | None = Field(None, gt=0, description="BatchMemoryManager")
+    clipping: Literal["per-sample", "ghost"] = "per-sample"
+    secure_mode: bool = False
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> DPConfig:
+        if self.enabled and (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("dp: give exactly one of noise_multiplier or target_epsilon")
+        return self
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(1, ge=1, description="local epochs (per round when federated)")
+    batch_size: int = Field(64, ge=1, description="logical batch; expected size under Poisson")
+    eval_batch_size: int = Field(256, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class StrategyConfig(StrictModel):
+    name: StrategyName = "fedavg"
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    min_train_nodes: int = Field(2, ge=1)
+    proximal_mu: float = Field(0.01, ge=0, description="FedProx")
+    server_lr: float = Field(0.01, gt=0, description="FedAdam eta")
+    server_beta1: float = Field(0.9, ge=0, lt=1)
+    server_beta2: float = Field(0.99, ge=0, lt=1)
+    server_tau: float = Field(1e-3, gt=0)
+    trim_beta: float = Field(0.2, gt=0, lt=0.5, description="FedTrimmedAvg")
+    krum_num_malicious: int = Field(0, ge=0)
+    max_update_norm: float | None = Field(None, gt=0, description="validated aggregation bound")
+
+
+class FederationConfig(StrictModel):
+    num_clients: int = Field(3, ge=1)
+    rounds: int = Field(3, ge=1)
+    client_cpus: float = Field(1.0, gt=0)
+    client_gpus: float = Field(0.0, ge=0, le=1, description="fraction of a GPU per client")
+    ray_num_cpus: int | None = Field(None, ge=1)
+
+
+class PrivacyBudget(StrictModel):
+    epsilon: float = Field(gt=0)
+    delta: float = Field(gt=0, lt=1)
+
+
+class LocalTrainConfig(StrictModel):
+    """``fedmodel train-local``: one model trained centrally."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    dp: DPConfig = Field(default_factory=lambda: DPConfig(noise_multiplier=1.0))
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class ScenarioConfig(StrictModel):
+    """A federated scenario: what ``fedmodel simulate`` runs and the Flower apps read."""
+
+    name: str = "custom"
+    description: str = ""
+    data: DataConfig = Field(default_factory=DataConfig)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    dp: DPConfig = Field(default_factory=lambda: DPConfig(noise_multiplier=1.0))
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    budget: PrivacyBudget | None = Field(None, description="default per-client cap (node's own)")
+    client_budgets: dict[int, PrivacyBudget] = Field(
+        default_factory=dict, description="per-partition caps, e.g. hospitals with different caps"
+    )
+
+    def budget_for(self, partition_id: int) -> PrivacyBudget | None:
+        return self.client_budgets.get(partition_id, self.budget)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def config_hash(cfg: BaseModel) -> str:
+    """Stable sha256 of a config's canonical JSON; names a run's configuration in records."""
+    payload = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line naming the first offending field, e.g. ``scenario.toml: dp.delta: ...``."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(root)"
+    return f"{source}: {loc}: {first['msg']}"
+
+
+def parse_config(model: type[M], data: dict, source: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_toml(model: type[M], path: str | Path) -> M:
+    """Read and validate a TOML config; every failure is a ``ConfigError`` naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such config file")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{p}: malformed TOML: {err}") from None
+    return parse_config(model, data, str(p))

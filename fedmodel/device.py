@@ -1,0 +1,28 @@
+"""Where tensors live: CUDA when present (or asked for), CPU otherwise."""
+
+from __future__ import annotations
+
+import torch
+
+from fedmodel.errors import FedmodelError
+
+
+class DeviceError(FedmodelError):
+    """The requested device cannot be used on this machine."""
+
+
+def resolve_device(choice: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a clear error, not a crash."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("train.device: cuda requested but no CUDA device is available")
+    if choice not in {"cpu", "cuda"}:
+        raise DeviceError(f"train.device: unknown device {choice!r} (auto, cpu or cuda)")
+    return torch.device(choice)
+
+
+def set_threads(threads: int | None) -> None:
+    """Cap intra-op threads; many simulated clients on few cores must not oversubscribe."""
+    if threads is not None:
+        torch.set_num_threads(threads)
