@@ -8,7 +8,7 @@ fresh ``PrivacyEngine`` per round would report one round only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 from fedmodel.errors import FedmodelError
@@ -38,16 +38,45 @@ def normalise_history(history: Iterable[Sequence[float]]) -> list[HistoryEntry]:
     return out
 
 
+def grouped_history(history: Iterable[Sequence[float]]) -> list[HistoryEntry]:
+    """One entry per distinct ``(noise_multiplier, sample_rate)``, steps summed.
+
+    Composition is commutative and k + m self-compositions of one mechanism are k + m
+    self-compositions, so this is the same privacy loss; but Opacus's PRV accountant composes each
+    history entry separately, so its cost grows with the number of rounds (measured: 2 s at 10
+    rounds, 13 s at 50) while the grouped history costs one entry (0.2 s). The epsilons agree to
+    about 1e-9 relative. Ledgers still *store* the history as trained.
+    """
+    totals: dict[tuple[float, float], int] = {}
+    for nm, sr, steps in normalise_history(history):
+        totals[(nm, sr)] = totals.get((nm, sr), 0) + steps
+    return [(nm, sr, steps) for (nm, sr), steps in totals.items()]
+
+
 def epsilon_from_history(
     history: Iterable[Sequence[float]], delta: float, accountant: AccountantName = "prv"
 ) -> float:
     """Epsilon spent over the whole history at ``delta``; 0.0 for an empty history."""
-    entries = normalise_history(history)
+    entries = grouped_history(history)
     if not entries:
         return 0.0
     acc = _make_accountant(accountant)
     acc.history = list(entries)
     return float(acc.get_epsilon(delta=delta))
+
+
+def bounded_epsilon(
+    history: Iterable[Sequence[float]], delta: float, accountant: AccountantName = "prv"
+) -> float:
+    """Like ``epsilon_from_history`` but ``inf`` where the numerics blow up.
+
+    PRV discretises the privacy-loss distribution and can raise (or exhaust memory) for tiny
+    noise; "no bound" is the only safe reading of that, for budgets and for calibration.
+    """
+    try:
+        return epsilon_from_history(history, delta, accountant)
+    except (MemoryError, OverflowError, FloatingPointError, ValueError):
+        return float("inf")
 
 
 def calibrate_noise(
@@ -76,10 +105,7 @@ def calibrate_noise(
         )
 
     def eps_at(nm: float) -> float:
-        try:
-            return epsilon_from_history([*prior, (nm, sample_rate, total_steps)], delta, accountant)
-        except (MemoryError, ValueError, OverflowError, FloatingPointError):
-            return float("inf")  # PRV's grid explodes at tiny noise: that noise is far too small
+        return bounded_epsilon([*prior, (nm, sample_rate, total_steps)], delta, accountant)
 
     # RDP is fast and never below PRV, so its answer bounds PRV's from above: bracket with it.
     hi = _bisect_noise(
@@ -92,8 +118,10 @@ def calibrate_noise(
     return _bisect_noise(eps_at, target_epsilon, max(MIN_NOISE_MULTIPLIER, 0.5 * hi), hi)
 
 
-def _bisect_noise(eps_at, target: float, lo: float, hi: float | None = None) -> float:
-    """Smallest noise in [lo, hi] (hi grown by doubling when absent) with eps_at(noise) <= target."""
+def _bisect_noise(
+    eps_at: Callable[[float], float], target: float, lo: float, hi: float | None = None
+) -> float:
+    """Smallest noise in [lo, hi] with eps_at(noise) <= target; hi doubles up when absent."""
     if hi is None:
         hi = max(lo, 1.0)
         while eps_at(hi) > target:
@@ -136,3 +164,16 @@ def _make_accountant(name: AccountantName):
     if name == "rdp":
         return RDPAccountant()
     raise AccountingError(f"dp.accountant: unknown accountant {name!r} (prv or rdp)")
+
+
+def sampling_plan(num_examples: int, batch_size: int, epochs: int) -> tuple[float, int]:
+    """(sample_rate, steps) that Opacus's Poisson loader will use for this data and batch.
+
+    Opacus sets ``sample_rate = 1 / len(loader)`` with ``len(loader) = ceil(n / batch)`` and runs
+    ``len(loader)`` steps per epoch. Budget projections and calibration must use these numbers,
+    not ``batch / n``, or the planned epsilon differs from the one actually spent.
+    """
+    if num_examples <= 0:
+        raise AccountingError("cannot plan DP-SGD on an empty dataset")
+    batches = -(-num_examples // batch_size)
+    return 1.0 / batches, batches * epochs
