@@ -1,0 +1,48 @@
+"""``fedmodel report``: the compliance report of one run folder.
+
+Registered by the CLI app as ``fedmodel report RUN_DIR [--ledgers DIR ...] [--out DIR]``.
+A broken ledger, a missing run folder or metrics file is a ``FedmodelError``: one line on
+stderr, exit code 2, and no report files written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedmodel.cli.errors import cli_errors
+
+
+@cli_errors
+def report(
+    run_dir: Annotated[
+        Path, typer.Argument(help="Run folder (run.json, metrics.jsonl, nodes/ in simulation).")
+    ],
+    ledgers: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--ledgers",
+            help="Ledger folder or ledger.jsonl, repeatable; default: every ledger.jsonl "
+            "below RUN_DIR/nodes.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output folder; default RUN_DIR/report."),
+    ] = None,
+) -> None:
+    """Verify every ledger, recompute and cross-check each site's epsilon, write HTML/PDF/JSON."""
+    from fedmodel.report import build_report  # heavy (matplotlib, reportlab): load on use
+
+    out_dir = out if out is not None else run_dir / "report"
+    files = build_report(run_dir, out_dir, ledgers or None)
+    rep = files.report
+    exceeded = [c.node for c in rep.clients if c.budget_exceeded]
+    typer.echo(
+        f"report for run {rep.run.run_id}: {len(rep.clients)} sites, budget exceeded: "
+        + (", ".join(exceeded) if exceeded else "none")
+        + f"; warnings: {len(rep.warnings)}"
+    )
+    typer.echo(f"wrote {files.html}, {files.pdf}, {files.json}")

@@ -1,0 +1,264 @@
+"""Gather one run folder and its ledgers into a ``Report``.
+
+Order matters: every ledger is verified before anything is computed, so a tampered or truncated
+ledger stops the report (``ReportError``, exit 2) instead of producing a document with a caveat
+nobody reads. After that, each client's epsilon is recomputed from the signed history, never
+copied from what the site or the server wrote down; the recorded values are only compared.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fedmodel import __version__
+from fedmodel.privacy.budget import cumulative_epsilon
+from fedmodel.report.crosscheck import DEFAULT_TOLERANCE, cross_check
+from fedmodel.report.errors import ReportError
+from fedmodel.report.evidence import Evidence, TrainedRound, agrees, gather_evidence
+from fedmodel.report.ledgers import VerifiedLedger, find_ledgers, load_cap, verify
+from fedmodel.report.model import (
+    SCHEMA_VERSION,
+    Budget,
+    CentralDP,
+    ClientReport,
+    EpsilonPoint,
+    LedgerStatus,
+    Report,
+)
+from fedmodel.report.narrative import dpia_sections, membership_tpr_bound, threat_model_sections
+from fedmodel.report.runfolder import (
+    ClientRows,
+    RunRecords,
+    client_rows,
+    heads_by_node,
+    read_run,
+    round_metrics,
+    run_identity,
+    strategy_settings,
+    transport_settings,
+)
+
+DEFAULT_DELTA = 1e-5  # DPConfig's default, for a client that never trained and a run without dp
+
+
+def collect_report(
+    run_dir: Path,
+    ledgers: Sequence[Path] | None = None,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Report:
+    """Build the report model for ``run_dir``; ``ledgers`` overrides ``RUN_DIR/nodes`` discovery."""
+    run_dir = Path(run_dir)
+    records = read_run(run_dir)
+    rows = client_rows(records.rounds)
+    verified = verify_all(find_ledgers(run_dir, ledgers), rows)
+    accountant = str(records.dp.get("accountant", "prv"))
+    evidence = gather_evidence(records.run_id, rows, verified, accountant)
+    clients = [build_client(run_dir, ev, records.dp, accountant, tolerance) for ev in evidence]
+    run, transport = run_identity(records.info), transport_settings(records.info)
+    central = central_dp(records, tolerance)
+    return Report(
+        schema_version=SCHEMA_VERSION,
+        generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        generator=f"fedmodel {__version__}",
+        run=run,
+        transport=transport,
+        strategy=strategy_settings(records.info),
+        central_dp=central,
+        clients=clients,
+        rounds=[round_metrics(row) for row in records.rounds],
+        crosscheck_tolerance=tolerance,
+        all_within_tolerance=all(c.crosscheck.within_tolerance for c in clients),
+        any_budget_exceeded=any(c.budget_exceeded for c in clients),
+        warnings=run_warnings(records) + [w for ev in evidence for w in ev.warnings],
+        threat_model=threat_model_sections(transport, central),
+        dpia=dpia_sections(run, transport, central, clients),
+    )
+
+
+def verify_all(paths: list[Path], rows: ClientRows) -> dict[str, VerifiedLedger]:
+    """Verify every ledger before any is used; two ledgers claiming one node is also an error."""
+    heads = heads_by_node(rows)
+    out: dict[str, VerifiedLedger] = {}
+    for path in paths:
+        ledger = verify(path, heads)
+        if ledger.node in out:
+            raise ReportError(
+                f"ledger {path}: node {ledger.node} already has ledger {out[ledger.node].path}"
+            )
+        out[ledger.node] = ledger
+    return out
+
+
+def run_warnings(records: RunRecords) -> list[str]:
+    out = list(records.warnings)
+    if records.dp.get("enabled") is False:
+        out.append("DP-SGD was disabled for this run: no record-level guarantee applies")
+    if records.info.get("status") not in (None, "finished"):
+        out.append(f"run status is {records.info.get('status')!r}, not finished")
+    return out
+
+
+# --- per-client numbers -----------------------------------------------------------------------
+
+
+def build_client(
+    run_dir: Path, ev: Evidence, dp: dict[str, Any], accountant: str, tolerance: float
+) -> ClientReport:
+    """Recompute the client's epsilon from its history and judge it against its own cap."""
+    delta = _delta(ev, dp)
+    signed = cumulative_epsilon(ev.history, delta, "prv")
+    signed_rdp = cumulative_epsilon(ev.history, delta, "rdp")
+    last = ev.trained[-1] if ev.trained else None
+    agree = _records_agree(ev, last, signed, signed_rdp)
+    # One noiseless round voids the guarantee, whatever the signed history says.
+    eps, eps_rdp = (math.inf, math.inf) if ev.unprotected else (signed, signed_rdp)
+    cap = load_cap(run_dir, ev.ledger, ev.node)
+    spent = _epsilon_against_cap(ev.history, delta, eps, cap)
+    exceeded = cap is not None and spent is not None and spent > cap.epsilon
+    return ClientReport(
+        node=ev.node,
+        partition_id=ev.partition_id,
+        accountant=accountant,
+        mechanism=_mechanism(ev.trained),
+        epsilon=eps,
+        epsilon_rdp=eps_rdp,
+        delta=delta,
+        noise_multipliers=_distinct(t.noise_multiplier for t in ev.trained),
+        max_grad_norms=_distinct(t.max_grad_norm for t in ev.trained),
+        sample_rates=_distinct(t.sample_rate for t in ev.trained),
+        steps=sum(int(h[2]) for h in ev.history),
+        dataset_size=next((t.dataset_size for t in reversed(ev.trained) if t.dataset_size), None),
+        history=ev.history,
+        history_source="ledger" if ev.ledger else "metrics (unsigned)",
+        rounds=sorted([t.round for t in ev.trained] + ev.unprotected),
+        unprotected_rounds=ev.unprotected,
+        refusals=ev.refusals,
+        failures=ev.failures,
+        cap=cap,
+        epsilon_against_cap=spent,
+        remaining_epsilon=None if cap is None or spent is None else cap.epsilon - spent,
+        budget_exceeded=exceeded,
+        verdict=_verdict(cap, spent, exceeded),
+        crosscheck=cross_check(ev.history, delta, epsilon_prv=signed, tolerance=tolerance),
+        membership_tpr_bound=membership_tpr_bound(eps, delta),
+        recorded_epsilon=last.epsilon if last else None,
+        records_agree=agree,
+        ledger=_ledger_status(ev.ledger),
+        epsilon_by_round=[
+            EpsilonPoint(t.round, t.epsilon) for t in ev.trained if t.epsilon is not None
+        ],
+    )
+
+
+def _delta(ev: Evidence, dp: dict[str, Any]) -> float:
+    """The delta the site accounted at (its last round); the run's configured delta otherwise."""
+    deltas = [t.delta for t in ev.trained if t.delta]
+    if len(set(deltas)) > 1:
+        ev.warnings.append(f"{ev.node}: delta changed between rounds; reported at the last one")
+    if deltas:
+        return deltas[-1]
+    return float(dp.get("delta") or DEFAULT_DELTA)
+
+
+def _epsilon_against_cap(
+    history: list[list[float]], delta: float, eps: float, cap: Budget | None
+) -> float | None:
+    """A cap is an (epsilon, delta) pair, so spend is measured at the cap's delta, as the site's
+    budget check does."""
+    if cap is None:
+        return None
+    if cap.delta == delta or math.isinf(eps):
+        return eps
+    return cumulative_epsilon(history, cap.delta, "prv")
+
+
+def _verdict(cap: Budget | None, spent: float | None, exceeded: bool) -> str:
+    if cap is None or spent is None:
+        return "budget exceeded: no (no cap configured)"
+    if exceeded:
+        return f"budget exceeded: YES (epsilon {spent:.4g} > cap {cap.epsilon:.4g})"
+    return f"budget exceeded: no (epsilon {spent:.4g} of cap {cap.epsilon:.4g})"
+
+
+def _records_agree(ev: Evidence, last: TrainedRound | None, eps: float, eps_rdp: float) -> bool:
+    """Did the site record the epsilon its history implies, by both accountants?"""
+    if last is None:
+        return True
+    pairs = [(last.epsilon, eps), (last.epsilon_rdp, eps_rdp)]
+    ok = all(
+        (math.isinf(ours) if recorded is None else agrees(recorded, ours))
+        for recorded, ours in pairs
+    )
+    if not ok:
+        ev.warnings.append(
+            f"{ev.node}: the site recorded epsilon {last.epsilon} (PRV) / {last.epsilon_rdp} "
+            f"(RDP) after round {last.round}; its history gives {eps:.6g} / {eps_rdp:.6g}"
+        )
+    return ok
+
+
+def _ledger_status(ledger: VerifiedLedger | None) -> LedgerStatus:
+    if ledger is None:
+        return LedgerStatus(None, False, None, 0, None, "none", False, 0)
+    return LedgerStatus(
+        path=str(ledger.path),
+        verified=True,
+        head_hash=ledger.head_hash,
+        entry_count=len(ledger.entries),
+        signer=ledger.signer,
+        key_source=ledger.key_source,
+        key_pinned=ledger.key_pinned,
+        heads_checked=ledger.heads_checked,
+        runs=sorted({e.run_id for e in ledger.entries}),
+    )
+
+
+def _mechanism(trained: list[TrainedRound]) -> str:
+    names = sorted({t.mechanism for t in trained if t.mechanism})
+    return ", ".join(names) if names else "dp-sgd/poisson-gaussian"
+
+
+def _distinct(values) -> list[float]:
+    return sorted({float(v) for v in values if v is not None})
+
+
+# --- central DP -------------------------------------------------------------------------------
+
+
+def central_dp(records: RunRecords, tolerance: float) -> CentralDP:
+    """Client-level DP from Flower's DifferentialPrivacy*Clipping wrappers, if run.json has it.
+
+    Recomputed as a subsampled Gaussian over rounds when noise, delta and a sampling rate are
+    known; ``sample_rate`` falls back to the strategy's ``fraction_train`` and ``rounds`` to the
+    number of rounds recorded.
+    """
+    cdp = records.info.get("central_dp")
+    if not isinstance(cdp, dict) or not cdp.get("enabled", True):
+        return CentralDP(used=False, settings={}, epsilon=None, delta=None, crosscheck=None)
+    delta = _positive(cdp.get("delta"))
+    noise = _positive(cdp.get("noise_multiplier"))
+    rate = _positive(cdp.get("sample_rate", strategy_settings(records.info).get("fraction_train")))
+    check = None
+    if noise and delta and rate:
+        history = [[noise, min(rate, 1.0), int(cdp.get("rounds", len(records.rounds)))]]
+        check = cross_check(history, delta, tolerance=tolerance)
+    return CentralDP(
+        used=True,
+        settings={k: v for k, v in cdp.items() if k not in ("epsilon", "delta")},
+        epsilon=_positive(cdp.get("epsilon")),
+        delta=delta,
+        crosscheck=check,
+    )
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None

@@ -1,0 +1,135 @@
+"""The report's two figures, as PNG bytes.
+
+Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas directly, never through
+``pyplot``: no global figure registry, no GUI backend, safe to call from a server or a test in
+parallel. They return bytes so the writer can place every output file atomically at the end.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from fedmodel.report.model import ClientReport, Report
+
+DPI = 150
+SIZE = (7.0, 3.6)  # inches; fits an A4 text column at full width
+
+
+def render_plots(report: Report) -> dict[str, bytes]:
+    """``{"epsilon": png, "accuracy": png}``; the keys are also the file stems."""
+    return {"epsilon": epsilon_plot(report.clients), "accuracy": accuracy_plot(report)}
+
+
+def epsilon_plot(clients: list[ClientReport]) -> bytes:
+    """Cumulative epsilon per site per round, its cap dashed in the same colour, refusals as x."""
+    fig, ax = _figure()
+    colours = _palette(len(clients))
+    for client, colour in zip(clients, colours, strict=True):
+        points = sorted((p.round, p.epsilon) for p in client.epsilon_by_round)
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, color=colour, label=client.node)
+        _mark_refusals(ax, client, points, colour)
+        _draw_cap(ax, client, colour)
+    ax.set_xlabel("round")
+    ax.set_ylabel("cumulative ε (PRV)")
+    ax.set_title("Privacy spent per site (dashed: site cap, x: refused round)")
+    ax.set_ylim(0, 1.12 * max(_highest(clients), 1e-3))
+    _integer_rounds(ax)
+    if clients:
+        ax.legend(loc="best", fontsize=8, ncols=max(1, len(clients) // 6 + 1))
+    return _png(fig)
+
+
+def _draw_cap(ax, client: ClientReport, colour) -> None:
+    """Dashed line in the site's colour, labelled, so two caps close together stay attributable."""
+    if client.cap is None:
+        return
+    ax.axhline(client.cap.epsilon, color=colour, linestyle="--", linewidth=1.2)
+    ax.annotate(
+        f"{client.node} cap {client.cap.epsilon:g}",
+        xy=(0.01, client.cap.epsilon),
+        xycoords=("axes fraction", "data"),
+        xytext=(0, 2),
+        textcoords="offset points",
+        color=colour,
+        fontsize=7,
+    )
+
+
+def _highest(clients: list[ClientReport]) -> float:
+    values = [p.epsilon for c in clients for p in c.epsilon_by_round]
+    values += [c.cap.epsilon for c in clients if c.cap]
+    finite = [v for v in values if math.isfinite(v)]
+    return max(finite, default=0.0)
+
+
+def _mark_refusals(ax, client: ClientReport, points: list[tuple[int, float]], colour) -> None:
+    """A refused round spends nothing: mark it at the epsilon the site already had."""
+    for refusal in client.refusals:
+        before = [eps for rnd, eps in points if rnd < refusal.round]
+        ax.plot(
+            refusal.round,
+            before[-1] if before else 0.0,
+            marker="x",
+            markersize=9,
+            markeredgewidth=2,
+            color=colour,
+            linestyle="none",
+        )
+
+
+def accuracy_plot(report: Report) -> bytes:
+    """Server-side accuracy after each round; an explicit note when none was recorded."""
+    fig, ax = _figure()
+    points = [(r.round, r.server["accuracy"]) for r in report.rounds if "accuracy" in r.server]
+    if points:
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o", color="#1f77b4")
+        ax.set_ylim(0, 1.0 if max(ys) <= 1 else None)
+    else:
+        ax.text(
+            0.5,
+            0.5,
+            "no server accuracy recorded",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Global model accuracy on the server's evaluation set")
+    _integer_rounds(ax)
+    return _png(fig)
+
+
+def _figure():
+    fig = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _palette(n: int) -> list:
+    """Tab10 for up to ten sites (distinct, colour-blind tolerable); a continuous map beyond."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "viridis"]
+    return [cmap(i if n <= 10 else i / max(1, n - 1)) for i in range(n)]
+
+
+def _integer_rounds(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()

@@ -1,0 +1,323 @@
+"""The report laid out as headline findings and tables of strings, shared by HTML and PDF.
+
+Both documents render exactly these rows, so "same content" holds by construction and every
+number is formatted by ``fmt`` once. Renderers only decide typography.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from fedmodel.report import fmt
+from fedmodel.report.model import Report, Section
+
+
+@dataclass(frozen=True)
+class Table:
+    """A titled grid of already-formatted cells; ``flagged`` rows are drawn as alerts."""
+
+    kind: ClassVar[str] = "table"
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    note: str = ""
+    flagged: list[int] = field(default_factory=list)
+    key_value: bool = False  # two columns, label then value
+
+
+@dataclass(frozen=True)
+class Heading:
+    """A numbered chapter heading."""
+
+    kind: ClassVar[str] = "heading"
+    title: str
+    anchor: str
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A reference to one of ``plots.render_plots``'s PNGs, by name."""
+
+    kind: ClassVar[str] = "plot"
+    name: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class Note:
+    """A free-standing paragraph; ``alert`` ones are drawn to catch the eye."""
+
+    kind: ClassVar[str] = "note"
+    text: str
+    alert: bool = False
+
+
+Block = Heading | Section | Table | Plot | Note
+
+
+def document(report: Report) -> list[Block]:
+    """Every block of the report in reading order: the one layout HTML and PDF both walk."""
+    return [
+        summary(report),
+        Heading("1. Run identity", "run"),
+        run_table(report),
+        Heading("2. Privacy spent per site", "spend"),
+        spend_table(report),
+        Plot("epsilon", "Cumulative ε per site after each round it trained in."),
+        parameters_table(report),
+        refusals_table(report),
+        Heading("3. Can these records be trusted?", "trust"),
+        crosscheck_table(report),
+        ledger_table(report),
+        *warnings(report),
+        Heading("4. Model quality", "quality"),
+        Plot("accuracy", "Accuracy of the aggregated model after each round."),
+        rounds_table(report),
+        Heading("5. Transport, aggregation and threat model", "transport"),
+        transport_table(report),
+        *report.threat_model,
+        Heading("6. Central / client-level DP", "central"),
+        central_dp_table(report) or Note(CENTRAL_DP_ABSENT),
+        Heading("7. Data protection impact assessment (GDPR art. 35)", "dpia"),
+        *report.dpia,
+    ]
+
+
+def warnings(report: Report) -> list[Block]:
+    if not report.warnings:
+        return [Note("No inconsistencies found between ledgers, metrics and recomputation.")]
+    return [Section(title="Warnings", bullets=list(report.warnings))]
+
+
+def summary(report: Report) -> Section:
+    """The answers a reviewer came for, in four lines."""
+    clients = report.clients
+    verified = sum(c.ledger.verified for c in clients)
+    exceeded = [c.node for c in clients if c.budget_exceeded]
+    off = [c.node for c in clients if not c.crosscheck.within_tolerance]
+    return Section(
+        title="Summary",
+        bullets=[
+            f"{len(clients)} sites; highest epsilon "
+            f"{fmt.num(max((c.epsilon for c in clients), default=None))} (Opacus PRV).",
+            "Budget exceeded: " + (f"YES — {', '.join(exceeded)}" if exceeded else "no site"),
+            f"Ledgers verified: {verified} of {len(clients)} "
+            "(hash chain, signatures, server-recorded heads)",
+            "PRV vs PLD cross-check within "
+            f"{fmt.pct(report.crosscheck_tolerance, 0)}: "
+            + (f"NO — {', '.join(off)}" if off else "all sites"),
+            f"Central (client-level) DP: {'used' if report.central_dp.used else 'not used'}; "
+            f"warnings: {len(report.warnings)}",
+        ],
+    )
+
+
+def run_table(report: Report) -> Table:
+    r = report.run
+    return _kv(
+        "",  # the chapter heading already says "Run identity"
+        [
+            ("Run id", r.run_id),
+            ("Scenario", r.scenario),
+            ("Engine", r.engine),
+            ("Status", r.status),
+            ("Started (UTC)", r.started),
+            ("Finished (UTC)", r.finished),
+            ("Config hash", r.config_hash),
+            ("Model hash", r.model_hash),
+            ("Code version", r.code_version),
+            ("Report generated", f"{report.generated_at} by {report.generator}"),
+        ],
+    )
+
+
+def spend_table(report: Report) -> Table:
+    rows = [
+        [
+            c.node,
+            fmt.num(c.epsilon),
+            fmt.num(c.delta),
+            fmt.num(c.cap.epsilon) if c.cap else "no cap",
+            fmt.num(c.remaining_epsilon),
+            fmt.rounds(c.rounds),
+            fmt.rounds(r.round for r in c.refusals),
+            "YES" if c.budget_exceeded else "no",
+        ]
+        for c in report.clients
+    ]
+    return Table(
+        title="Privacy spent per site (record-level DP-SGD)",
+        header=["Site", "ε (PRV)", "δ", "Cap ε", "Left ε", "Rounds", "Refused", "Exceeded"],
+        rows=rows,
+        note="ε recomputed from each site's signed ledger history over all its rounds; "
+        "'Left' is cap minus ε measured at the cap's δ.",
+        flagged=[i for i, c in enumerate(report.clients) if c.budget_exceeded],
+    )
+
+
+def parameters_table(report: Report) -> Table:
+    rows = [
+        [
+            c.node,
+            c.accountant.upper(),
+            fmt.nums(c.noise_multipliers),
+            fmt.nums(c.max_grad_norms),
+            fmt.nums(c.sample_rates),
+            str(c.steps),
+            fmt.num(c.dataset_size),
+            fmt.num(c.epsilon_rdp),
+        ]
+        for c in report.clients
+    ]
+    return Table(
+        title="DP-SGD mechanism and parameters",
+        header=[
+            "Site",
+            "Accountant",
+            "Noise σ",
+            "Clip C",
+            "Sample q",
+            "Steps",
+            "Records",
+            "ε (RDP)",
+        ],
+        rows=rows,
+        note=f"Mechanism: {', '.join(sorted({c.mechanism for c in report.clients}))} "
+        "(per-record gradients clipped to norm C, Gaussian noise of standard deviation σ·C, "
+        "batches drawn by Poisson sampling with rate q). 'Accountant' is the run's configured "
+        "one; ε is always recomputed with PRV. RDP is a looser upper bound, for comparison.",
+    )
+
+
+def crosscheck_table(report: Report) -> Table:
+    rows = [
+        [
+            c.node,
+            fmt.num(c.crosscheck.epsilon_prv, 6),
+            fmt.num(c.crosscheck.epsilon_pld, 6),
+            fmt.pct(c.crosscheck.relative_difference),
+            "yes" if c.crosscheck.within_tolerance else "NO",
+            fmt.num(c.recorded_epsilon, 6),
+            "yes" if c.records_agree else "NO",
+        ]
+        for c in report.clients
+    ]
+    return Table(
+        title="Cross-check: Opacus PRV vs Google dp-accounting PLD",
+        header=["Site", "ε PRV", "ε PLD", "Difference", "Within tol.", "Site recorded", "Agrees"],
+        rows=rows,
+        note=f"Tolerance {fmt.pct(report.crosscheck_tolerance, 0)} relative difference. "
+        "'Site recorded' is the ε the site signed into its ledger after its last round.",
+        flagged=[
+            i
+            for i, c in enumerate(report.clients)
+            if not (c.crosscheck.within_tolerance and c.records_agree)
+        ],
+    )
+
+
+def refusals_table(report: Report) -> Table:
+    rows = [
+        [c.node, str(r.round), r.reason, fmt.num(r.projected_epsilon), r.source]
+        for c in report.clients
+        for r in c.refusals
+    ]
+    rows += [
+        [c.node, str(f.round), f.reason, "—", "metrics (error)"]
+        for c in report.clients
+        for f in c.failures
+    ]
+    return Table(
+        title="Refused and failed rounds",
+        header=["Site", "Round", "Reason", "Projected ε", "Source"],
+        rows=rows,
+        note="" if rows else "No site refused or failed a round.",
+    )
+
+
+def ledger_table(report: Report) -> Table:
+    rows = [
+        [
+            c.node,
+            "verified" if c.ledger.verified else "NO LEDGER",
+            str(c.ledger.entry_count),
+            fmt.short_hash(c.ledger.head_hash),
+            str(c.ledger.heads_checked),
+            fmt.short_hash(c.ledger.signer),
+            "node key" if c.ledger.key_pinned else "signer.pub" if c.ledger.verified else "—",
+        ]
+        for c in report.clients
+    ]
+    return Table(
+        title="Privacy ledgers",
+        header=["Site", "Status", "Entries", "Head", "Heads", "Signer", "Key"],
+        rows=rows,
+        note="Hash chain, Ed25519 signatures and entry contents checked. 'Heads': ledger heads "
+        "the server recorded during the run, all found on the chain (they catch a ledger cut "
+        "back or re-signed by its own site). 'Key': the public key that verified the "
+        "signatures: the node's signing key named in its node.toml, or the ledger's own "
+        "signer.pub. Both sit on the site's disk; the server heads are the independent check.",
+        flagged=[i for i, c in enumerate(report.clients) if not c.ledger.verified],
+    )
+
+
+def rounds_table(report: Report) -> Table:
+    recorded = {k for r in report.rounds for k in r.server}
+    keys = [k for k in ("accuracy", "loss", "f1", "auroc") if k in recorded]
+    rows = [
+        [
+            str(r.round),
+            *(fmt.num(r.server.get(k)) for k in keys),
+            ", ".join(r.participants) or "none",
+            ", ".join(r.refused) or "—",
+        ]
+        for r in report.rounds
+    ]
+    return Table(
+        title="Server evaluation per round",
+        header=["Round", *(k.capitalize() for k in keys), "Trained", "Refused"],
+        rows=rows,
+    )
+
+
+def transport_table(report: Report) -> Table:
+    t = report.transport
+    pairs: list[tuple[str, Any]] = [
+        ("TLS", fmt.flag(t.tls)),
+        ("Node authentication", fmt.flag(t.node_auth)),
+        ("Sealed updates", fmt.flag(t.sealed_updates)),
+        ("Secure aggregation", fmt.flag(t.secure_aggregation)),
+    ]
+    strategy = sorted(report.strategy.items(), key=lambda kv: (kv[0] != "name", kv[0]))
+    pairs += [(f"Strategy: {k}", v) for k, v in strategy]
+    return _kv("Transport and aggregation", pairs)
+
+
+def central_dp_table(report: Report) -> Table | None:
+    """``None`` when central DP was not used; the renderers then print one sentence instead."""
+    cdp = report.central_dp
+    if not cdp.used:
+        return None
+    pairs: list[tuple[str, Any]] = list(cdp.settings.items())
+    pairs += [("ε (recorded by Flower)", fmt.num(cdp.epsilon)), ("δ", fmt.num(cdp.delta))]
+    if cdp.crosscheck:
+        cc = cdp.crosscheck
+        pairs += [
+            ("ε recomputed (PRV)", fmt.num(cc.epsilon_prv, 6)),
+            ("ε recomputed (PLD)", fmt.num(cc.epsilon_pld, 6)),
+            ("PRV vs PLD difference", fmt.pct(cc.relative_difference)),
+        ]
+    return _kv("Central / client-level DP (server side)", pairs)
+
+
+CENTRAL_DP_ABSENT = (
+    "No central (client-level) DP was used in this run: the server aggregated the sites' "
+    "DP-SGD updates without Flower's DifferentialPrivacy clipping wrappers, so the only formal "
+    "guarantee is the record-level one above; a site's participation itself is not hidden."
+)
+
+
+def _kv(title: str, pairs: list[tuple[str, Any]]) -> Table:
+    rows = [[label, "—" if value is None else str(value)] for label, value in pairs]
+    return Table(title=title, header=["", ""], rows=rows, key_value=True)

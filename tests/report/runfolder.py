@@ -1,0 +1,154 @@
+"""A small, realistic run folder built the way a simulation writes one, for the report tests.
+
+Three hospitals train for three rounds with DP-SGD (noise 1.1, clip 1.0, delta 1e-5, batch 64).
+Each has its own signed ledger (the real ``Ledger`` class, a fresh Ed25519 key per node) and
+``node.toml``; the budget decision is the real ``check_round``, so node-2, whose cap of 3.8 is
+below what a third round would cost, refuses round 3 exactly as a node would. metrics.jsonl
+carries the epsilon each ledger entry recorded, so server and site records agree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedmodel.config import PrivacyBudget
+from fedmodel.crypto.keys import generate_signing_key, save_signing_key
+from fedmodel.io import atomic_write_json, atomic_write_text
+from fedmodel.privacy.budget import check_round
+from fedmodel.privacy.ledger import Ledger
+
+RUN_ID = "run-20250314-hospitals"
+NOISE, CLIP, DELTA, BATCH, ROUNDS = 1.1, 1.0, 1e-5, 64, 3
+
+
+@dataclass(frozen=True)
+class Site:
+    node: str
+    records: int
+    cap: float | None
+
+    @property
+    def sample_rate(self) -> float:
+        return BATCH / self.records
+
+    @property
+    def steps(self) -> int:
+        return self.records // BATCH  # one local epoch per round
+
+
+SITES = (Site("node-0", 1200, 3.0), Site("node-1", 800, None), Site("node-2", 500, 3.8))
+ACCURACY = (0.712, 0.781, 0.806)
+
+
+def build_run_dir(root: Path) -> Path:
+    """Write RUN_DIR (run.json, metrics.jsonl, nodes/node-k/{node.toml,keys,ledger}) under root."""
+    run_dir = root / "run"
+    ledgers = {
+        site.node: _make_node(run_dir / "nodes" / site.node, pid, site)
+        for pid, site in enumerate(SITES)
+    }
+    rows = [_round(rnd, ledgers) for rnd in range(1, ROUNDS + 1)]
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_json(run_dir / "run.json", _run_info())
+    return run_dir
+
+
+def _make_node(folder: Path, pid: int, site: Site) -> Ledger:
+    lines = [f'name = "{site.node}"', 'ledger_dir = "ledger"']
+    lines.append('signing_key = "keys/signing.ed25519"')
+    if site.cap is not None:
+        lines += ["[budget]", f"epsilon = {site.cap}", f"delta = {DELTA}"]
+    lines += ["[data]", f"partition_id = {pid}", f"num_partitions = {len(SITES)}"]
+    atomic_write_text(folder / "node.toml", "\n".join(lines) + "\n")
+    key = generate_signing_key()
+    save_signing_key(key, folder / "keys" / "signing.ed25519")
+    return Ledger(folder / "ledger", key, node=site.node)
+
+
+def _round(rnd: int, ledgers: dict[str, Ledger]) -> dict:
+    clients = [_client(rnd, pid, site, ledgers[site.node]) for pid, site in enumerate(SITES)]
+    acc = ACCURACY[rnd - 1]
+    server = {
+        "loss": round(1.2 - acc, 4),
+        "accuracy": acc,
+        "precision": acc - 0.01,
+        "recall": acc - 0.02,
+        "f1": acc - 0.015,
+    }
+    return {
+        "round": rnd,
+        "time": f"2025-03-14T10:0{rnd}:00+00:00",
+        "server": server,
+        "clients": clients,
+    }
+
+
+def _client(rnd: int, pid: int, site: Site, ledger: Ledger) -> dict:
+    planned = (NOISE, site.sample_rate, site.steps)
+    if site.cap is not None:
+        decision = check_round(
+            ledger.history(),
+            planned,
+            PrivacyBudget(epsilon=site.cap, delta=DELTA),
+            "prv",
+            delta=DELTA,
+        )
+        if not decision.allowed:
+            ledger.append_refusal(RUN_ID, rnd, decision.reason, decision.projected_epsilon)
+            return {
+                "node": site.node,
+                "status": "refused",
+                "reason": decision.reason,
+                "projected_epsilon": decision.projected_epsilon,
+                "ledger_head": ledger.head().as_dict(),
+            }
+    entry = ledger.append_round(
+        RUN_ID, rnd, NOISE, site.sample_rate, site.steps, CLIP, DELTA, site.records
+    )
+    return {
+        "node": site.node,
+        "partition_id": pid,
+        "status": "ok",
+        "reason": None,
+        "num_examples": site.records,
+        "train_loss": 0.9 - 0.1 * rnd,
+        "train_accuracy": 0.6 + 0.05 * rnd,
+        "epsilon": entry.epsilon,
+        "epsilon_rdp": entry.epsilon_rdp,
+        "delta": DELTA,
+        "noise_multiplier": NOISE,
+        "sample_rate": site.sample_rate,
+        "steps": site.steps,
+        "max_grad_norm": CLIP,
+        "ledger_head": ledger.head().as_dict(),
+    }
+
+
+def _run_info() -> dict:
+    return {
+        "run_id": RUN_ID,
+        "scenario": "hospitals-heart",
+        "config_hash": "9f2c" * 16,
+        "model_hash": "41ab" * 16,
+        "code_version": "0.1.0",
+        "engine": "simulation",
+        "started": "2025-03-14T10:00:00+00:00",
+        "finished": "2025-03-14T10:04:00+00:00",
+        "status": "finished",
+        "transport": {
+            "tls": True,
+            "node_auth": True,
+            "sealed_updates": True,
+            "secure_aggregation": False,
+        },
+        "strategy": {"name": "fedavg", "fraction_train": 1.0, "min_train_nodes": 3},
+        "dp": {
+            "enabled": True,
+            "noise_multiplier": NOISE,
+            "delta": DELTA,
+            "max_grad_norm": CLIP,
+            "accountant": "prv",
+        },
+    }
