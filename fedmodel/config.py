@@ -159,6 +159,14 @@ class ScenarioConfig(StrictModel):
     def budget_for(self, partition_id: int) -> PrivacyBudget | None:
         return self.client_budgets.get(partition_id, self.budget)
 
+    def partition_for_clients(self) -> PartitionConfig:
+        """The partitioning actually used: one partition per federated client."""
+        return self.partition.model_copy(update={"num_partitions": self.federation.num_clients})
+
+    def without_budgets(self) -> ScenarioConfig:
+        """What the server may send to nodes: caps are each node's own, never the server's."""
+        return self.model_copy(update={"budget": None, "client_budgets": {}})
+
 
 M = TypeVar("M", bound=BaseModel)
 

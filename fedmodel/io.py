@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int | None = None) -> Path:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, mode: int | None = None
+) -> Path:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it into place."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -38,7 +40,9 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, mode: int | No
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, mode: int | None = None) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", mode=mode)
+    return atomic_write_text(
+        path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", mode=mode
+    )
 
 
 def append_line_durably(path: str | os.PathLike[str], line: str) -> None:

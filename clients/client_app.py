@@ -1,0 +1,31 @@
+"""The Flower ClientApp: a page, as in Flower's examples; the work is in ``train_round``."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from flwr.app import Context, Error, Message
+from flwr.clientapp import ClientApp
+
+from clients.train_round import describe_failure, run_train_round
+from server import wire
+
+# Deployment processes are not under Ray, which otherwise caps OMP threads; many clients on few
+# cores must not oversubscribe them.
+torch.set_num_threads(1)
+
+ERROR_CODE_CLIENT = 1000
+log = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    try:
+        content = run_train_round(msg.content[wire.ARRAYS], msg.content["config"], context)
+    except Exception as err:  # the node must answer, never hang the round
+        log.exception("training failed")
+        return Message(Error(code=ERROR_CODE_CLIENT, reason=describe_failure(err)), reply_to=msg)
+    return Message(content, reply_to=msg)

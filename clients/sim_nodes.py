@@ -1,0 +1,37 @@
+"""Virtual nodes for simulation: one folder per node, as if each were a site's own disk.
+
+Each gets a ``node.toml`` (its cap from the scenario's ``budget``/``client_budgets``), its own
+Ed25519 signing key and an empty ledger folder. Existing folders are kept: a resumed run's nodes
+continue their ledgers instead of starting fresh.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clients.node_config import NODE_FILE, NodeConfig, NodeData
+from fedmodel.config import ScenarioConfig
+from fedmodel.crypto.keys import generate_signing_key, save_signing_key
+from fedmodel.io import atomic_write_text
+from fedmodel.scenarios import _dump_toml
+
+
+def prepare_sim_nodes(nodes_dir: Path, scenario: ScenarioConfig) -> list[Path]:
+    folders = []
+    n = scenario.federation.num_clients
+    for pid in range(n):
+        folder = Path(nodes_dir) / f"node-{pid}"
+        node_file = folder / NODE_FILE
+        if not node_file.is_file():
+            cfg = NodeConfig(
+                name=f"node-{pid}",
+                budget=scenario.budget_for(pid),
+                data=NodeData(partition_id=pid, num_partitions=n),
+            )
+            atomic_write_text(node_file, _dump_toml(cfg.model_dump(mode="json", exclude_none=True)))
+        signing_key = folder / "keys" / "signing.ed25519"
+        if not signing_key.is_file():
+            save_signing_key(generate_signing_key(), signing_key)
+        (folder / "ledger").mkdir(parents=True, exist_ok=True)
+        folders.append(folder)
+    return folders

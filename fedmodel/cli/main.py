@@ -1,0 +1,34 @@
+"""The ``fedmodel`` command: one typer app, one file per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from fedmodel.cli.data_cmd import app as data_app
+from fedmodel.cli.keys_cmd import app as keys_app
+from fedmodel.cli.ledger_cmd import app as ledger_app
+from fedmodel.cli.pki_cmd import app as pki_app
+from fedmodel.cli.predict import predict
+from fedmodel.cli.report_cmd import report
+from fedmodel.cli.simulate import simulate
+from fedmodel.cli.train_local import train_local
+
+app = typer.Typer(
+    name="fedmodel",
+    help="Privacy-preserving federated learning: Flower + Opacus DP-SGD, ledger, sealed updates.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("train-local")(train_local)
+app.command("simulate")(simulate)
+app.command("predict")(predict)
+app.command("report")(report)
+app.add_typer(data_app, name="data", help="Datasets: statistics per partition.")
+app.add_typer(ledger_app, name="ledger", help="Privacy ledgers: verify and show.")
+app.add_typer(keys_app, name="keys", help="Node keys: Flower authentication and ledger signing.")
+app.add_typer(pki_app, name="pki", help="Certificate authority and SuperLink TLS certificate.")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,46 @@
+"""Strategy from config: Flower's own classes, never a home-made aggregation loop."""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    Strategy,
+)
+
+from fedmodel.config import StrategyConfig
+
+
+def build_strategy(cfg: StrategyConfig, num_clients: int) -> Strategy:
+    """Flower strategy for ``cfg``; evaluation is central (server-side), so clients skip it."""
+    min_nodes = max(1, min(cfg.min_train_nodes, num_clients))
+    common = {
+        "fraction_train": cfg.fraction_train,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": min_nodes,
+        "min_available_nodes": min_nodes,
+    }
+    match cfg.name:
+        case "fedavg":
+            return FedAvg(**common)
+        case "fedprox":
+            return FedProx(**common, proximal_mu=cfg.proximal_mu)
+        case "fedadam":
+            return FedAdam(
+                **common,
+                eta=cfg.server_lr,
+                beta_1=cfg.server_beta1,
+                beta_2=cfg.server_beta2,
+                tau=cfg.server_tau,
+            )
+        case "fedmedian":
+            return FedMedian(**common)
+        case "fedtrimmedavg":
+            return FedTrimmedAvg(**common, beta=cfg.trim_beta)
+        case "krum":
+            return Krum(**common, num_malicious_nodes=cfg.krum_num_malicious)
+    raise AssertionError(f"unhandled strategy {cfg.name}")  # pydantic's Literal forbids this

@@ -1,0 +1,67 @@
+"""Resume continues from the saved weights; every strategy completes a round; bad scenarios."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from flwr.app import ArrayRecord
+from typer.testing import CliRunner
+
+from fedmodel.cli.main import app
+from fedmodel.scenarios import apply_overrides
+from fedmodel.training.checkpoint import load_weights
+from server.federation import arrays_sha256, resume_settings
+from server.records import read_metrics
+from server.simulate import simulate
+from tests.federation.helpers import run, small_tabular
+
+
+def test_resume_continues_at_round_two_with_saved_weights(tmp_path):
+    run_dir = tmp_path / "run"
+    run(small_tabular("fedavg"), run_dir)
+    state, meta = load_weights(run_dir / "checkpoints" / "round-0001.safetensors")
+    assert meta["round"] == 1
+
+    settings = resume_settings(run_dir)
+    settings.scenario = apply_overrides(settings.scenario, {"federation.rounds": 2}, "test")
+    simulate(settings)
+
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["resumed_from"][0]["round"] == 1
+    assert info["resumed_from"][0]["weights_sha256"] == arrays_sha256(ArrayRecord(state))
+    rounds = read_metrics(run_dir)
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert info["run_id"] == meta["run_id"]
+    # the nodes' ledgers continued: round 2 is each node's second entry
+    assert all(c["ledger_head"]["count"] == 2 for c in rounds[2]["clients"])
+    assert (run_dir / "checkpoints" / "round-0002.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "strategy", ["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"]
+)
+def test_each_strategy_completes_a_round(tmp_path, strategy):
+    clients = 3 if strategy == "krum" else 2
+    run_dir = run(small_tabular(strategy, clients=clients), tmp_path / "run")
+    rounds = read_metrics(run_dir)
+    assert rounds[-1]["round"] == 1
+    assert [c["status"] for c in rounds[1]["clients"]] == ["ok"] * clients
+    assert rounds[1]["server"]["accuracy"] > 0.5
+
+
+def test_bad_scenario_file_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[federation]\nnum_clients = "many"\n')
+    result = CliRunner().invoke(app, ["simulate", str(bad)])
+    assert result.exit_code == 2
+    lines = [ln for ln in result.output.strip().splitlines() if ln]
+    assert len(lines) == 1 and "federation.num_clients" in lines[0], result.output
+    assert "Traceback" not in result.output
+
+    bad.write_text("[federation\n")
+    result = CliRunner().invoke(app, ["simulate", str(bad)])
+    assert result.exit_code == 2 and "malformed TOML" in result.output
+
+    result = CliRunner().invoke(app, ["simulate", "no-such-scenario"])
+    assert result.exit_code == 2 and "no-such-scenario" in result.output
