@@ -1,0 +1,87 @@
+"""``flwr run .``: the apps run as a plain Flower app, the way a Flower user starts them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedmodel.scenarios import scenario_to_toml
+from server.records import read_metrics
+from tests.federation.helpers import small_tabular
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"flower-superlink did not listen on {port}")
+
+
+@pytest.fixture
+def superlink(flwr_home, monkeypatch):
+    """A simulation SuperLink we start ourselves, so we know its PID and can kill its group."""
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")  # flower-superexec
+    port = _free_port()
+    log = open(flwr_home / "superlink.log", "wb")  # noqa: SIM115 - closed in teardown
+    proc = subprocess.Popen(
+        [BIN / "flower-superlink", "--simulation", "--insecure", "--host", "127.0.0.1",
+         "--port", str(port), "--disable-runtime-dependency-installation"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_for_port(port, proc)
+        (flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "test"\n[superlink.test]\n'
+            f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+        )
+        yield "test"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def test_flwr_run_dot_runs_the_apps(superlink, tmp_path):
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(scenario_to_toml(small_tabular("fedavg")))
+    out = tmp_path / "runs"
+    run_config = f"scenario='{scenario}' num-server-rounds=2 num-clients=2 out-dir='{out}'"
+    result = subprocess.run(
+        [BIN / "flwr", "run", ".", superlink, "--stream", "--run-config", run_config,
+         "--federation-config", "num-supernodes=2 client-resources-num-cpus=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run_dir,) = out.iterdir()
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished"
+    rounds = read_metrics(run_dir)
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert all(c["status"] == "ok" for c in rounds[2]["clients"])
+    assert rounds[2]["clients"][0]["ledger_head"]["count"] == 2
