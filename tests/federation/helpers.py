@@ -11,7 +11,7 @@ from server.simulate import simulate
 
 
 def small_mnist(rounds: int = 2, clients: int = 3, **overrides) -> ScenarioConfig:
-    """A CPU-quick MNIST run: 1,800 training images over 3 clients, fixed noise 1.0."""
+    """A CPU-quick MNIST run: 3,000 training images over 3 clients, fixed noise 1.0."""
     cfg = load_scenario("mnist-cnn")
     return apply_overrides(
         cfg,
@@ -19,11 +19,11 @@ def small_mnist(rounds: int = 2, clients: int = 3, **overrides) -> ScenarioConfi
             "federation.rounds": rounds,
             "federation.num_clients": clients,
             "strategy.min_train_nodes": clients,
-            "data.train_limit": 1800,
+            "data.train_limit": 3000,
             "data.test_limit": 1000,
             "partition.scheme": "iid",
             "dp.noise_multiplier": 1.0,
-            "train.batch_size": 32,
+            "train.batch_size": 64,
             "optimizer.lr": 0.1,
             **overrides,
         },
