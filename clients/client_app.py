@@ -1,4 +1,5 @@
-"""The Flower ClientApp: a page, as in Flower's examples; the work is in ``train_round``."""
+"""The Flower ClientApp (Message API): a page, as in Flower's examples; the work is in
+``train_round``, which also seals the reply when the run asks for sealed updates."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from clients.train_round import describe_failure, run_train_round
-from server import wire
 
 # Deployment processes are not under Ray, which otherwise caps OMP threads; many clients on few
 # cores must not oversubscribe them.
@@ -24,7 +24,7 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     try:
-        content = run_train_round(msg.content[wire.ARRAYS], msg.content["config"], context)
+        content = run_train_round(msg.content, context)
     except Exception as err:  # the node must answer, never hang the round
         log.exception("training failed")
         return Message(Error(code=ERROR_CODE_CLIENT, reason=describe_failure(err)), reply_to=msg)

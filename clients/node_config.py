@@ -3,13 +3,23 @@
 Everything that protects the site lives here, on the site's disk, and is read by the ClientApp
 on every message. The coordinator can ask; only this file decides. In simulation each virtual
 node gets its own folder and file, so caps and policies can differ per hospital.
+
+A deployed node adds a ``[deployment]`` table (read by ``fedmodel node start``)::
+
+    [deployment]
+    superlink = "fl.example.org:9092"   # the coordinator's SuperLink
+    root_certificates = "pki/ca.crt"    # the federation CA the SuperLink's certificate chains to
+    auth_key = "keys/hospital-a.auth"   # OpenSSH EC P-384, registered by the coordinator
+    runtime_port = 9094                 # this node's local Runtime API; distinct per node on a host
+    state_dir = "state"                 # Flower home, pid file, launcher secret
+    log_file = "logs/node.log"          # rotated by size
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fedmodel.config import ModelName, PrivacyBudget, StrictModel, load_toml
 
@@ -32,6 +42,45 @@ class NodeData(StrictModel):
     num_partitions: int | None = Field(None, ge=1)
 
 
+class NodeDeployment(StrictModel):
+    """How a real site reaches the federation (``fedmodel node start``); absent in simulation."""
+
+    superlink: str = Field(pattern=r"^\S+:\d{1,5}$", description="SuperLink host:port")
+    root_certificates: Path | None = Field(None, description="federation CA certificate (PEM)")
+    auth_key: Path | None = Field(None, description="SuperNode auth key, <name>.auth (OpenSSH)")
+    insecure: bool = Field(False, description="no TLS, no node auth: loopback benchmarks only")
+    runtime_port: int = Field(9094, ge=1, le=65535, description="local Runtime API port")
+    state_dir: Path = Path("state")
+    log_file: Path = Path("logs/node.log")
+    log_max_bytes: int = Field(10 * 2**20, ge=4096)
+    log_backups: int = Field(5, ge=1)
+    warm_launcher: bool = Field(True, description="fork ClientApps from a warm process")
+    poll_interval: float = Field(
+        0.5, gt=0, le=3, description="idle SuperNode poll, s (Flower's own: 3)"
+    )
+    activation_grace: float = Field(
+        75.0, ge=0, description="s to retry a refused activation (a crashed self may linger)"
+    )
+
+    @model_validator(mode="after")
+    def _transport(self) -> NodeDeployment:
+        if self.insecure and (self.root_certificates or self.auth_key):
+            raise ValueError("insecure = true cannot use root_certificates or auth_key")
+        if not self.insecure and (self.root_certificates is None or self.auth_key is None):
+            raise ValueError("give root_certificates and auth_key (or insecure = true)")
+        return self
+
+    def resolved(self, base: Path) -> NodeDeployment:
+        return self.model_copy(
+            update={
+                "root_certificates": _under_opt(base, self.root_certificates),
+                "auth_key": _under_opt(base, self.auth_key),
+                "state_dir": _under(base, self.state_dir),
+                "log_file": _under(base, self.log_file),
+            }
+        )
+
+
 class NodeConfig(StrictModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     ledger_dir: Path = Path("ledger")
@@ -39,6 +88,7 @@ class NodeConfig(StrictModel):
     budget: PrivacyBudget | None = None
     policy: SitePolicy = Field(default_factory=SitePolicy)
     data: NodeData = Field(default_factory=NodeData)
+    deployment: NodeDeployment | None = None
 
     def resolved(self, base: Path) -> NodeConfig:
         """Relative paths are relative to the node file's folder, not the process's cwd."""
@@ -46,6 +96,7 @@ class NodeConfig(StrictModel):
             update={
                 "ledger_dir": _under(base, self.ledger_dir),
                 "signing_key": _under(base, self.signing_key),
+                "deployment": self.deployment and self.deployment.resolved(base),
             }
         )
 
@@ -57,3 +108,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
 
 def _under(base: Path, p: Path) -> Path:
     return p if p.is_absolute() else (base / p)
+
+
+def _under_opt(base: Path, p: Path | None) -> Path | None:
+    return None if p is None else _under(base, p)

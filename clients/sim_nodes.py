@@ -2,7 +2,8 @@
 
 Each gets a ``node.toml`` (its cap from the scenario's ``budget``/``client_budgets``), its own
 Ed25519 signing key and an empty ledger folder. Existing folders are kept: a resumed run's nodes
-continue their ledgers instead of starting fresh.
+continue their ledgers instead of starting fresh. Once the ServerApp has its keys, it pins them
+in every node folder (``server.pin.json``, :func:`pin_server`), as a site operator would by hand.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clients.node_config import NODE_FILE, NodeConfig, NodeData
+from clients.sealing import write_pin
 from fedmodel.config import ScenarioConfig
 from fedmodel.crypto.keys import generate_signing_key, save_signing_key
 from fedmodel.io import atomic_write_text
@@ -35,3 +37,11 @@ def prepare_sim_nodes(nodes_dir: Path, scenario: ScenarioConfig) -> list[Path]:
         (folder / "ledger").mkdir(parents=True, exist_ok=True)
         folders.append(folder)
     return folders
+
+
+def pin_server(nodes_dir: Path, exchange_fingerprint: str, verify_key_path: Path) -> list[Path]:
+    """Make every virtual node trust this run's server keys (rewritten on resume: same keys)."""
+    return [
+        write_pin(node_file.parent, exchange_fingerprint, Path(verify_key_path).resolve())
+        for node_file in sorted(Path(nodes_dir).glob(f"*/{NODE_FILE}"))
+    ]

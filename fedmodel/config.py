@@ -123,6 +123,47 @@ class FederationConfig(StrictModel):
     ray_num_cpus: int | None = Field(None, ge=1)
 
 
+class SecurityConfig(StrictModel):
+    """How updates travel: sealed to the server, or summed under SecAgg+ (never both).
+
+    Sealing hides each update from the relay (the ServerApp still opens it, so validation and
+    robust strategies work); secure aggregation hides it from the ServerApp too, at the price
+    of a plain weighted mean of what SecAgg+ can quantise.
+    """
+
+    sealed_updates: bool = Field(
+        False, description="nodes encrypt and sign updates to the ServerApp's pinned key"
+    )
+    secure_aggregation: bool = Field(
+        False, description="Flower SecAgg+ (legacy workflow): the server sees only the sum"
+    )
+    secagg_num_shares: int = Field(3, ge=3, description="SecAgg+ key shares per node")
+    secagg_reconstruction_threshold: int = Field(
+        2, ge=2, description="shares needed to unmask a dropped node (< num_shares)"
+    )
+    secagg_clipping_range: float = Field(
+        8.0, gt=0, description="SecAgg+ clips every weight to +-this before quantising"
+    )
+    secagg_quantization_range: int = Field(2**22, gt=0, description="SecAgg+ integer levels")
+    secagg_max_weight: float | None = Field(
+        None, gt=0, description="largest num-examples of one node (None: the training set size)"
+    )
+    secagg_timeout: float | None = Field(
+        None, gt=0, description="seconds to wait per SecAgg+ stage (None: wait for all)"
+    )
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> SecurityConfig:
+        if self.sealed_updates and self.secure_aggregation:
+            raise ValueError(
+                "security: choose sealed_updates or secure_aggregation; SecAgg+ already keeps "
+                "each update from the relay and the server"
+            )
+        if self.secagg_reconstruction_threshold >= self.secagg_num_shares:
+            raise ValueError("security: secagg_reconstruction_threshold must be < num_shares")
+        return self
+
+
 class PrivacyBudget(StrictModel):
     epsilon: float = Field(gt=0)
     delta: float = Field(gt=0, lt=1)
@@ -155,6 +196,16 @@ class ScenarioConfig(StrictModel):
     client_budgets: dict[int, PrivacyBudget] = Field(
         default_factory=dict, description="per-partition caps, e.g. hospitals with different caps"
     )
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+
+    @model_validator(mode="after")
+    def _secagg_needs_a_mean(self) -> ScenarioConfig:
+        if self.security.secure_aggregation and self.strategy.name != "fedavg":
+            raise ValueError(
+                f"strategy {self.strategy.name!r} needs each update; secure aggregation only "
+                "yields their weighted sum (use fedavg)"
+            )
+        return self
 
     def budget_for(self, partition_id: int) -> PrivacyBudget | None:
         return self.client_budgets.get(partition_id, self.budget)

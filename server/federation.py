@@ -4,6 +4,10 @@ Flower's ``Strategy.start`` drives the rounds; this module supplies what it need
 weights, the per-round config, the evaluation hook) and turns each round's outcome into the run
 folder. The evaluation hook is the end-of-round point: the aggregate exists, so it is
 evaluated, checkpointed and recorded together with the per-client rows.
+
+The parts every transport shares (:func:`start_run`, :func:`round_config`,
+:func:`end_of_round_hook`, :func:`finish_run`) are public, so the SecAgg+ app
+(``server/secagg_app.py``) records a run exactly as this one does.
 """
 
 from __future__ import annotations
@@ -16,15 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
-from fedmodel.config import ConfigError, ScenarioConfig
+from fedmodel import __version__
+from fedmodel.config import ConfigError, ScenarioConfig, config_hash
+from fedmodel.crypto.keys import fingerprint
 from fedmodel.data import DatasetSplits, load_dataset
 from fedmodel.models import build_model
 from fedmodel.training import evaluate
 from fedmodel.training.checkpoint import load_weights, save_weights
 from server import wire
+from server.audit import AuditLog
 from server.recording import RecordingStrategy
 from server.records import (
     RunRecorder,
@@ -33,14 +41,29 @@ from server.records import (
     read_metrics,
     utc_now,
 )
+from server.sealing import (
+    KEYS_DIR,
+    SealedTraffic,
+    ServerKeys,
+    ensure_server_keys,
+    load_server_keys,
+    signers_from_directory,
+    signers_from_sim_nodes,
+)
 from server.strategies import build_strategy
 
 RoundCallback = Callable[[int, int, dict[str, Any]], None]
+RowSource = Callable[[int], list[dict[str, Any]]]
 
 
 @dataclass
 class ServerSettings:
-    """Everything a run needs besides the Grid. ``on_round`` feeds live progress displays."""
+    """Everything a run needs besides the Grid. ``on_round`` feeds live progress displays.
+
+    ``server_keys_dir``: deployment's ServerApp keys (``server.x25519``, ``server.ed25519``);
+    ``None`` makes fresh ones in ``RUN_DIR/server-keys``. ``registered_keys_dir``: deployment's
+    ``<node>.ed25519.pub`` files; ``None`` registers the simulation's virtual nodes.
+    """
 
     scenario: ScenarioConfig
     run_dir: Path
@@ -50,47 +73,131 @@ class ServerSettings:
     transport: dict[str, Any] = field(default_factory=dict)
     round_timeout: float = 3600.0
     on_round: RoundCallback | None = None
+    server_keys_dir: Path | None = None
+    registered_keys_dir: Path | None = None
+
+
+@dataclass
+class RunState:
+    """A started run: what every round needs, whichever app drives the rounds."""
+
+    settings: ServerSettings
+    splits: DatasetSplits
+    model: torch.nn.Module
+    run_id: str
+    offset: int
+    initial: ArrayRecord
+    recorder: RunRecorder
+    keys: ServerKeys
+    signers: dict[str, Ed25519PublicKey]
+    audit: AuditLog
 
 
 def run_federation(grid: Grid, settings: ServerSettings) -> Path:
+    state = start_run(settings)
+    scenario = settings.scenario
+    sealing = sealed_traffic(state) if scenario.security.sealed_updates else None
+    strategy = RecordingStrategy(
+        build_strategy(scenario.strategy, scenario.federation.num_clients),
+        round_offset=state.offset,
+        max_update_norm=scenario.strategy.max_update_norm,
+        sealing=sealing,
+    )
+    train_config = round_config(state)
+    if sealing is not None:
+        train_config[wire.SERVER_EXCHANGE_KEY] = state.keys.exchange_public_raw
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=state.initial,
+        num_rounds=scenario.federation.rounds - state.offset,
+        timeout=settings.round_timeout,
+        train_config=ConfigRecord(train_config),
+        evaluate_fn=end_of_round_hook(state, strategy.take_rows),
+    )
+    return finish_run(state, result.arrays if result.arrays is not None else state.initial)
+
+
+def start_run(settings: ServerSettings) -> RunState:
+    """Load data and model, pick the starting point, open the run folder and its audit log."""
     scenario = settings.scenario
     splits = load_dataset(scenario.data)
     model = _initial_model(scenario, splits)
     run_id, offset, initial = _starting_point(settings, model)
+    keys = _server_keys(settings)
+    signers = _registered_signers(settings) if scenario.security.sealed_updates else {}
+    transport = {
+        **settings.transport,
+        "sealed_updates": scenario.security.sealed_updates,
+        "secure_aggregation": scenario.security.secure_aggregation,
+    }
     recorder = RunRecorder(
-        settings.run_dir, scenario, run_id, engine=settings.engine, transport=settings.transport
+        settings.run_dir, scenario, run_id, engine=settings.engine, transport=transport
     )
     recorder.start()
     if offset:
         resumes = [*(recorder.read_run_info() or {}).get("resumed_from", [])]
         resumes.append({"round": offset, "weights_sha256": arrays_sha256(initial), "at": utc_now()})
         recorder.update_info(resumed_from=resumes)
-    total = scenario.federation.rounds
-    strategy = RecordingStrategy(
-        build_strategy(scenario.strategy, scenario.federation.num_clients),
-        round_offset=offset,
-        max_update_norm=scenario.strategy.max_update_norm,
+    if settings.sim_nodes_dir is not None:
+        from clients.sim_nodes import pin_server
+
+        pin_server(settings.sim_nodes_dir, keys.exchange_fingerprint, keys.verify_key_path)
+    audit = AuditLog(settings.run_dir, keys.signing, run_id)
+    audit.run_started(
+        scenario=scenario.name,
+        config_hash=config_hash(scenario.without_budgets()),
+        code_version=__version__,
+        engine=settings.engine,
+        transport=transport,
+        strategy=scenario.strategy.model_dump(mode="json"),
+        server_keys=keys.fingerprints(),
+        registered_nodes={name: fingerprint(key) for name, key in sorted(signers.items())},
+        resumed_at=offset or None,
     )
-    train_config = {
-        wire.RUN_ID: run_id,
-        wire.NUM_ROUNDS: total,
+    return RunState(
+        settings, splits, model, run_id, offset, initial, recorder, keys, signers, audit
+    )
+
+
+def sealed_traffic(state: RunState) -> SealedTraffic:
+    """Sealing for this run: the server's keys and the node keys registered before it began."""
+    return SealedTraffic(keys=state.keys, signers=state.signers, run_id=state.run_id)
+
+
+def _registered_signers(settings: ServerSettings) -> dict[str, Ed25519PublicKey]:
+    """Deployment's registry folder, or the simulation's virtual nodes; never a reply's claim."""
+    if settings.registered_keys_dir is not None:
+        return signers_from_directory(settings.registered_keys_dir)
+    if settings.sim_nodes_dir is not None:
+        return signers_from_sim_nodes(settings.sim_nodes_dir)
+    raise ConfigError("sealed updates need registered node keys (registered_keys_dir)")
+
+
+def round_config(state: RunState) -> dict[str, Any]:
+    """What every training request carries (the strategy adds the round number)."""
+    scenario = state.settings.scenario
+    config: dict[str, Any] = {
+        wire.RUN_ID: state.run_id,
+        wire.NUM_ROUNDS: scenario.federation.rounds,
         wire.SCENARIO: scenario.without_budgets().model_dump_json(),
     }
-    if settings.sim_nodes_dir is not None:
-        train_config[wire.SIM_NODES_DIR] = str(settings.sim_nodes_dir)
-    end_of_round = _end_of_round_hook(settings, recorder, strategy, model, splits, offset)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=initial,
-        num_rounds=total - offset,
-        timeout=settings.round_timeout,
-        train_config=ConfigRecord(train_config),
-        evaluate_fn=end_of_round,
-    )
-    final = result.arrays if result.arrays is not None else initial
-    model_hash = export_final_model(settings.run_dir, scenario, splits, final)
-    recorder.finish(model_hash=model_hash)
+    if state.settings.sim_nodes_dir is not None:
+        config[wire.SIM_NODES_DIR] = str(state.settings.sim_nodes_dir)
+    return config
+
+
+def finish_run(state: RunState, final: ArrayRecord) -> Path:
+    settings = state.settings
+    model_hash = export_final_model(settings.run_dir, settings.scenario, state.splits, final)
+    state.audit.run_finished(model_hash)
+    state.recorder.finish(model_hash=model_hash)
     return settings.run_dir
+
+
+def _server_keys(settings: ServerSettings) -> ServerKeys:
+    if settings.server_keys_dir is not None:
+        return load_server_keys(settings.server_keys_dir)
+    return ensure_server_keys(settings.run_dir / KEYS_DIR)
 
 
 def _initial_model(scenario: ScenarioConfig, splits: DatasetSplits) -> torch.nn.Module:
@@ -115,36 +222,37 @@ def _starting_point(
     return str(meta["run_id"]), rnd, ArrayRecord(model.state_dict())
 
 
-def _end_of_round_hook(
-    settings: ServerSettings,
-    recorder: RunRecorder,
-    strategy: RecordingStrategy,
-    model: torch.nn.Module,
-    splits: DatasetSplits,
-    offset: int,
+def end_of_round_hook(
+    state: RunState, take_rows: RowSource
 ) -> Callable[[int, ArrayRecord], MetricRecord | None]:
-    scenario = settings.scenario
+    """Evaluate the aggregate, checkpoint it, and record the round in metrics and audit log."""
+    settings, recorder, audit = state.settings, state.recorder, state.audit
+    scenario, model, offset = settings.scenario, state.model, state.offset
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         rnd = server_round + offset
         if server_round == 0 and offset > 0:
             return None  # the resumed checkpoint was evaluated when it was written
-        model.load_state_dict(arrays.to_torch_state_dict())
+        weights = arrays.to_torch_state_dict()
+        model.load_state_dict(weights)
         metrics = evaluate(
             model,
-            splits.test,
+            state.splits.test,
             batch_size=scenario.train.eval_batch_size,
             device=scenario.train.device,
         ).as_dict()
         server_metrics = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-        rows = strategy.take_rows(rnd)
+        rows = take_rows(rnd)
+        audit.client_rows(rnd, rows)
+        audit.round_finished(rnd, server_metrics, rows, model_sha256=arrays_sha256(arrays))
         if rnd > 0:
-            save_weights(
+            path = save_weights(
                 recorder.checkpoint_path(rnd),
-                arrays.to_torch_state_dict(),
+                weights,
                 {"round": rnd, "run_id": recorder.run_id, "metrics": server_metrics,
                  "config_hash": (recorder.read_run_info() or {}).get("config_hash")},
             )  # fmt: skip
+            audit.checkpoint(rnd, path, file_sha256(path))
         recorder.record_round(rnd, metrics, rows)
         if settings.on_round is not None:
             settings.on_round(rnd, scenario.federation.rounds, {"server": metrics, "clients": rows})
@@ -168,6 +276,10 @@ def export_final_model(
         "rounds": len([r for r in read_metrics(run_dir) if r["round"] > 0]),
     }
     path = save_weights(Path(run_dir) / "model" / "model.safetensors", state, meta)
+    return file_sha256(path)
+
+
+def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 

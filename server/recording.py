@@ -2,8 +2,11 @@
 
 Composition, the way Flower's own DP wrappers work: ``configure_*`` and ``aggregate_*`` pass
 through to the wrapped strategy, while this layer (1) shifts round numbers so a resumed run
-continues at round k+1, (2) turns refusals, error replies and invalid updates into per-client
-rows and keeps them out of aggregation, and (3) hands the rows to the end-of-round hook.
+continues at round k+1, (2) when updates are sealed, signs the global model it sends and opens
+every sealed reply (a reply that fails to open is rejected with the seal's reason), (3) turns
+refusals, error replies and invalid updates into per-client rows and keeps them out of
+aggregation, and (4) hands the rows to the end-of-round hook. The wrapped strategy only ever
+sees plain, validated replies, so FedAvg's reply checks and the robust strategies work as is.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedmodel.crypto.seal import SealError
 from server import wire
+from server.sealing import SealedTraffic, seal_reason
 from server.validation import update_problem
 
 log = logging.getLogger(__name__)
@@ -24,11 +29,17 @@ log = logging.getLogger(__name__)
 
 class RecordingStrategy(Strategy):
     def __init__(
-        self, inner: Strategy, *, round_offset: int = 0, max_update_norm: float | None = None
+        self,
+        inner: Strategy,
+        *,
+        round_offset: int = 0,
+        max_update_norm: float | None = None,
+        sealing: SealedTraffic | None = None,
     ) -> None:
         self.inner = inner
         self.round_offset = round_offset
         self.max_update_norm = max_update_norm
+        self.sealing = sealing
         self.pending_rows: dict[int, list[dict[str, Any]]] = {}
         self._global: ArrayRecord | None = None
 
@@ -38,14 +49,18 @@ class RecordingStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        rnd = server_round + self.round_offset
         self._global = arrays
-        return self.inner.configure_train(server_round + self.round_offset, arrays, config, grid)
+        messages = self.inner.configure_train(rnd, arrays, config, grid)
+        if self.sealing is None:
+            return messages
+        return self.sealing.sign_requests(messages, arrays, rnd)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         rnd = server_round + self.round_offset
-        accepted, rows = self._screen(list(replies))
+        accepted, rows = self.screen(rnd, list(replies))
         self.pending_rows[rnd] = rows
         return self.inner.aggregate_train(rnd, accepted)
 
@@ -60,28 +75,56 @@ class RecordingStrategy(Strategy):
     def take_rows(self, rnd: int) -> list[dict[str, Any]]:
         return self.pending_rows.pop(rnd, [])
 
-    def _screen(self, replies: list[Message]) -> tuple[list[Message], list[dict[str, Any]]]:
+    def screen(
+        self, rnd: int, replies: list[Message]
+    ) -> tuple[list[Message], list[dict[str, Any]]]:
+        """Split replies into those the wrapped strategy may aggregate and a row for each."""
         accepted: list[Message] = []
         rows: list[dict[str, Any]] = []
         for msg in replies:
-            src = msg.metadata.src_node_id
-            if msg.has_error():
-                rows.append(
-                    {"node": f"flower-{src}", "status": "error", "reason": msg.error.reason}
-                )
-                continue
-            row = wire.client_row(msg.content)
+            row = self._screen_one(rnd, msg)
             if row["status"] == "ok":
-                problem = self._problem(msg)
-                if problem is not None:
-                    row.update(status="rejected", reason=problem)
-                    log.warning("rejected update from %s: %s", row["node"], problem)
-                else:
-                    accepted.append(msg)
+                accepted.append(msg)
+            else:
+                log.warning("%s reply from %s: %s", row["status"], row["node"], row["reason"])
             rows.append(row)
         return accepted, rows
+
+    def _screen_one(self, rnd: int, msg: Message) -> dict[str, Any]:
+        """The reply's row; an accepted sealed reply is replaced by its opened plain form."""
+        src = msg.metadata.src_node_id
+        if msg.has_error():
+            reason = wire.short_reason(msg.error.reason)
+            return {"node": f"flower-{src}", "status": "error", "reason": reason}
+        claimed = wire.claimed_node(msg.content, src)
+        if wire.REFUSAL in msg.content:
+            return _row_or_rejection(msg, claimed)
+        message_id = None
+        if self.sealing is not None:
+            try:
+                opened = self.sealing.open_reply(msg.content, rnd)
+            except SealError as err:
+                return {"node": claimed, "status": "rejected", "reason": seal_reason(err)}
+            msg.content, message_id = opened.content, opened.message_id
+        row = _row_or_rejection(msg, claimed)
+        if row["status"] != "ok":
+            return row
+        if message_id is not None:
+            row["message_id"] = message_id
+        problem = self._problem(msg)
+        if problem is not None:
+            row.update(status="rejected", reason=problem)
+        return row
 
     def _problem(self, msg: Message) -> str | None:
         if wire.ARRAYS not in msg.content.array_records or self._global is None:
             return "no model update in reply"
         return update_problem(msg.content[wire.ARRAYS], self._global, self.max_update_norm)
+
+
+def _row_or_rejection(msg: Message, claimed: str) -> dict[str, Any]:
+    """A reply missing its metrics must cost the sender its update, never the server its run."""
+    try:
+        return wire.client_row(msg.content)
+    except (KeyError, TypeError, ValueError) as err:
+        return {"node": claimed, "status": "rejected", "reason": f"malformed reply: {err!r}"}

@@ -3,25 +3,41 @@
 ``flwr run .`` loads ``app`` and reads ``[tool.flwr.app.config]`` (merged with defaults here,
 because Flower's Python simulation API passes an empty run config). ``fedmodel simulate`` builds
 its own app with ``build_server_app(settings)`` so typed settings flow without string keys.
+
+``fedmodel server run`` submits this same app to a deployment SuperLink with ``engine =
+"deployment"``: the ServerApp then runs inside the SuperLink's SuperExec, in another process, so
+everything it needs arrives as run-config keys (an absolute run folder, the round timeout, what
+the transport is). Deployment nodes are real SuperNodes with their own ``node.toml``: no virtual
+nodes are prepared, and the Grid is wrapped so replies are noticed within 0.2 s, not 3 s.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from clients.sim_nodes import prepare_sim_nodes
+from fedmodel.config import ConfigError, ScenarioConfig
 from fedmodel.scenarios import apply_overrides, load_scenario
+from server.deploy.grid import PromptGrid
 from server.federation import ServerSettings, run_federation
 
+DEPLOYMENT = "deployment"
 DEFAULTS = {
     "scenario": "mnist-cnn",
     "num-server-rounds": 0,
     "num-clients": 0,
     "train-limit": 0,
-    "out-dir": "runs/flwr-run",
+    "out-dir": "runs/flwr-run",  # deployment: the run folder itself (absolute)
+    "engine": "simulation",  # or "deployment" (fedmodel server run)
+    "round-timeout": 0,  # seconds a round waits for replies; 0 = 3600
+    "transport-tls": False,  # deployment: what the SuperLink enforces, for run.json
+    "transport-node-auth": False,
+    "server-keys-dir": "",  # deployment: the ServerApp's sealing keys ("" = fresh per run)
+    "registered-keys-dir": "",  # deployment: <node>.ed25519.pub of every registered node
 }
 # run-config key -> scenario field; 0 keeps the scenario's own value
 OVERRIDES = {
@@ -33,15 +49,44 @@ OVERRIDES = {
 
 def settings_from_run_config(context: Context) -> ServerSettings:
     rc = {**DEFAULTS, **dict(context.run_config)}
-    scenario = load_scenario(str(rc["scenario"]))
-    overrides = {field: int(rc[key]) for key, field in OVERRIDES.items() if int(rc[key]) > 0}
-    if "federation.num_clients" in overrides:
-        overrides["strategy.min_train_nodes"] = overrides["federation.num_clients"]
-    scenario = apply_overrides(scenario, overrides, "run config")
+    scenario = _scenario(rc)
+    if rc["engine"] == DEPLOYMENT:
+        return _deployment_settings(rc, scenario)
+    if rc["engine"] != "simulation":
+        raise ConfigError(f"run config: engine {rc['engine']!r} is not simulation or deployment")
     run_dir = Path(str(rc["out-dir"])).resolve() / f"run-{context.run_id}"
     nodes_dir = run_dir / "nodes"
     prepare_sim_nodes(nodes_dir, scenario)
     return ServerSettings(scenario=scenario, run_dir=run_dir, sim_nodes_dir=nodes_dir)
+
+
+def _scenario(rc: dict[str, Any]) -> ScenarioConfig:
+    scenario = load_scenario(str(rc["scenario"]))
+    overrides = {field: int(rc[key]) for key, field in OVERRIDES.items() if int(rc[key]) > 0}
+    if "federation.num_clients" in overrides:
+        overrides["strategy.min_train_nodes"] = overrides["federation.num_clients"]
+    return apply_overrides(scenario, overrides, "run config")
+
+
+def _deployment_settings(rc: dict[str, Any], scenario: ScenarioConfig) -> ServerSettings:
+    """Real SuperNodes: no virtual nodes; the run folder and keys are paths on this host."""
+    run_dir = Path(str(rc["out-dir"]))
+    if not run_dir.is_absolute():
+        raise ConfigError(f"run config: deployment out-dir must be absolute, got {run_dir}")
+    timeout = float(rc["round-timeout"])
+    return ServerSettings(
+        scenario=scenario,
+        run_dir=run_dir,
+        engine=DEPLOYMENT,
+        transport={"tls": bool(rc["transport-tls"]), "node_auth": bool(rc["transport-node-auth"])},
+        round_timeout=timeout if timeout > 0 else ServerSettings.round_timeout,
+        server_keys_dir=_optional_dir(rc["server-keys-dir"]),
+        registered_keys_dir=_optional_dir(rc["registered-keys-dir"]),
+    )
+
+
+def _optional_dir(value: Any) -> Path | None:
+    return Path(str(value)) if str(value) else None
 
 
 def build_server_app(settings: ServerSettings | None = None) -> ServerApp:
@@ -49,7 +94,10 @@ def build_server_app(settings: ServerSettings | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, settings or settings_from_run_config(context))
+        resolved = settings or settings_from_run_config(context)
+        if resolved.engine == DEPLOYMENT:
+            grid = PromptGrid(grid)
+        run_federation(grid, resolved)
 
     return app
 

@@ -58,8 +58,12 @@ def simulate(settings: ServerSettings, *, verbose: bool = False) -> Path:
 def _run_engine(settings: ServerSettings, *, verbose: bool) -> None:
     from flwr.simulation import run_simulation
 
-    from clients.client_app import app as client_app
-    from server.server_app import build_server_app
+    if settings.scenario.security.secure_aggregation:  # SecAgg+ exists only on the legacy API
+        from clients.secagg_client import app as client_app
+        from server.secagg_app import build_secagg_server_app as build_server_app
+    else:
+        from clients.client_app import app as client_app
+        from server.server_app import build_server_app
 
     fed = settings.scenario.federation
     backend_config = {

@@ -1,15 +1,30 @@
 """The message contract between the ServerApp and the ClientApp, in one place.
 
-Server -> client (train): ``arrays`` (global model) and ``config`` with the keys below.
-Client -> server: either ``arrays`` + ``metrics`` + ``node`` (a trained update), or only
-``refusal`` (the node's policy or budget said no; nothing was trained).
+Server -> client (train): ``config`` with the keys below, and the global model either as
+``arrays`` (plain runs) or, when updates are sealed, as ``signed-global`` (the safetensors bytes
+wrapped by :func:`fedmodel.crypto.seal.sign_global`, so a node trains only on a model the
+server signed for this run and round) plus the server's X25519 key in ``config``.
+
+Client -> server: one of
+
+* ``arrays`` + ``metrics`` + ``node``: a trained update in plaintext;
+* ``sealed`` + ``node``: the same update sealed to the server (:func:`update_payload` is the
+  plaintext: tensors *and* metrics, so the relay can neither read the weights nor change the
+  ``num-examples`` FedAvg weighs them by). ``node`` here is only a claim for the records of a
+  reply that fails to open; the opened payload says who really sent it;
+* ``refusal``: the node's policy or budget said no; nothing was trained.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+if TYPE_CHECKING:
+    import torch
 
 # config keys (server -> client)
 ROUND = "server-round"
@@ -18,12 +33,25 @@ RUN_ID = "run-id"
 SCENARIO = "scenario"
 SIM_NODES_DIR = "sim-nodes-dir"
 PROXIMAL_MU = "proximal-mu"
+SERVER_EXCHANGE_KEY = "server-exchange-key"  # raw X25519 public key; nodes check their pin
+TENSOR_NAMES = "tensor-names"  # SecAgg+ (legacy lists of arrays): JSON list, state-dict order
+
+# record names (server -> client)
+CONFIG = "config"
+SIGNED_GLOBAL = "signed-global"
+BLOB = "blob"
 
 # record names (client -> server)
 ARRAYS = "arrays"
 METRICS = "metrics"
 NODE = "node"
 REFUSAL = "refusal"
+SEALED = "sealed"
+ENVELOPE = "envelope"
+
+# the tensor that carries metrics and node record inside a sealed payload; a dunder name cannot
+# collide with a module's parameter names
+REPLY_TENSOR = "__fedmodel_reply__"
 
 METRIC_KEYS = (
     "num-examples", "partition-id", "train-loss", "train-accuracy", "epsilon", "epsilon-rdp",
@@ -49,6 +77,55 @@ def refusal_record(
     )
 
 
+def update_record(
+    arrays: ArrayRecord, metrics: Mapping[str, int | float], node: Mapping[str, str]
+) -> RecordDict:
+    """A plaintext trained update: exactly one ArrayRecord and one MetricRecord, as FedAvg needs."""
+    return RecordDict(
+        {ARRAYS: arrays, METRICS: MetricRecord(dict(metrics)), NODE: ConfigRecord(dict(node))}
+    )
+
+
+def sealed_record(envelope: bytes, node_name: str) -> RecordDict:
+    """A sealed update: ConfigRecord bytes go to the wire as they are (no numpy round trip)."""
+    return RecordDict(
+        {SEALED: ConfigRecord({ENVELOPE: envelope}), NODE: ConfigRecord({"name": node_name})}
+    )
+
+
+def update_payload(
+    state_dict: Mapping[str, torch.Tensor],
+    metrics: Mapping[str, int | float],
+    node: Mapping[str, str],
+) -> bytes:
+    """The bytes a node seals: its tensors plus a uint8 tensor holding metrics and node record.
+
+    One safetensors buffer, written by :func:`fedmodel.crypto.seal.state_dict_to_bytes`, so the
+    update is serialised once and nothing in it can run code when loaded.
+    """
+    import torch
+
+    from fedmodel.crypto.seal import state_dict_to_bytes
+
+    meta = json.dumps({METRICS: dict(metrics), NODE: dict(node)}, sort_keys=True).encode()
+    reply = torch.tensor(list(meta), dtype=torch.uint8)
+    return state_dict_to_bytes({**state_dict, REPLY_TENSOR: reply})
+
+
+def update_from_payload(payload: bytes) -> RecordDict:
+    """Inverse of :func:`update_payload`: the plaintext reply the wrapped strategy expects."""
+    from fedmodel.crypto.seal import SealError, state_dict_from_bytes
+
+    tensors = state_dict_from_bytes(payload)
+    reply = tensors.pop(REPLY_TENSOR, None)
+    try:
+        meta = json.loads(bytes(reply.tolist()).decode()) if reply is not None else None
+        metrics, node = dict(meta[METRICS]), {str(k): str(v) for k, v in meta[NODE].items()}
+    except (TypeError, KeyError, ValueError, UnicodeDecodeError):
+        raise SealError("malformed", "sealed payload lacks its metrics and node record") from None
+    return update_record(ArrayRecord(tensors), metrics, node)
+
+
 def client_row(content: RecordDict) -> dict[str, Any]:
     """Flatten one client reply into the per-client row of ``metrics.jsonl``."""
     if REFUSAL in content:
@@ -69,3 +146,51 @@ def client_row(content: RecordDict) -> dict[str, Any]:
     row["partition_id"] = int(row.get("partition_id", -1))
     row["ledger_head"] = {"hash": str(node["ledger-hash"]), "count": int(m["ledger-count"])}
     return row
+
+
+def short_reason(text: str, limit: int = 300) -> str:
+    """One line for the records: a simulated node's crash arrives as a whole Ray traceback,
+    whose last line says what happened."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    return last if len(last) <= limit else last[: limit - 1] + "…"
+
+
+def claimed_node(content: RecordDict, src_node_id: int) -> str:
+    """Who a reply says it is, for the row of a reply that could not be opened or read."""
+    for name, key in ((NODE, "name"), (REFUSAL, "node")):
+        if name in content and key in content[name]:
+            return str(content[name][key])
+    return f"flower-{src_node_id}"
+
+
+# --- flat form: legacy FitRes metrics (SecAgg+) carry only scalars -------------------------------
+
+_FLAT_RECORDS = (METRICS, NODE, REFUSAL)
+
+
+def flatten_reply(records: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """``{"metrics.num-examples": 120, "node.name": "node-0", ...}``: the records minus arrays.
+
+    ``records`` is a reply's RecordDict or a plain ``{record name: {key: value}}`` mapping.
+    """
+    return {
+        f"{name}.{key}": value
+        for name in _FLAT_RECORDS
+        if name in records
+        for key, value in records[name].items()
+    }
+
+
+def unflatten_reply(flat: Mapping[str, Any]) -> RecordDict:
+    """Inverse of :func:`flatten_reply`, so :func:`client_row` reads both transports alike."""
+    groups: dict[str, dict[str, Any]] = {}
+    for flat_key, value in flat.items():
+        name, _, key = flat_key.partition(".")
+        if name in _FLAT_RECORDS and key:
+            groups.setdefault(name, {})[key] = value
+    records: dict[str, Any] = {
+        name: MetricRecord(values) if name == METRICS else ConfigRecord(values)
+        for name, values in groups.items()
+    }
+    return RecordDict(records)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import typer
 
+from fedmodel.cli.audit_cmd import app as audit_app
 from fedmodel.cli.data_cmd import app as data_app
 from fedmodel.cli.keys_cmd import app as keys_app
 from fedmodel.cli.ledger_cmd import app as ledger_app
+from fedmodel.cli.node_cmd import app as node_app
 from fedmodel.cli.pki_cmd import app as pki_app
 from fedmodel.cli.predict import predict
 from fedmodel.cli.report_cmd import report
+from fedmodel.cli.server_cmd import app as server_app
 from fedmodel.cli.simulate import simulate
 from fedmodel.cli.train_local import train_local
 
@@ -28,6 +31,9 @@ app.add_typer(data_app, name="data", help="Datasets: statistics per partition.")
 app.add_typer(ledger_app, name="ledger", help="Privacy ledgers: verify and show.")
 app.add_typer(keys_app, name="keys", help="Node keys: Flower authentication and ledger signing.")
 app.add_typer(pki_app, name="pki", help="Certificate authority and SuperLink TLS certificate.")
+app.add_typer(server_app, name="server", help="Coordinator: SuperLink and federated runs.")
+app.add_typer(node_app, name="node", help="Site: SuperNode, its status and privacy budget.")
+app.add_typer(audit_app, name="audit", help="Run audit logs: verify the server's signed record.")
 
 
 if __name__ == "__main__":

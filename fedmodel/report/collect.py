@@ -16,6 +16,7 @@ from typing import Any
 
 from fedmodel import __version__
 from fedmodel.privacy.budget import cumulative_epsilon
+from fedmodel.report.audit import audit_summary, audit_warnings
 from fedmodel.report.crosscheck import DEFAULT_TOLERANCE, cross_check
 from fedmodel.report.errors import ReportError
 from fedmodel.report.evidence import Evidence, TrainedRound, agrees, gather_evidence
@@ -61,6 +62,7 @@ def collect_report(
     clients = [build_client(run_dir, ev, records.dp, accountant, tolerance) for ev in evidence]
     run, transport = run_identity(records.info), transport_settings(records.info)
     central = central_dp(records, tolerance)
+    audit = audit_summary(run_dir)
     return Report(
         schema_version=SCHEMA_VERSION,
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -74,9 +76,12 @@ def collect_report(
         crosscheck_tolerance=tolerance,
         all_within_tolerance=all(c.crosscheck.within_tolerance for c in clients),
         any_budget_exceeded=any(c.budget_exceeded for c in clients),
-        warnings=run_warnings(records) + [w for ev in evidence for w in ev.warnings],
+        warnings=run_warnings(records)
+        + [w for ev in evidence for w in ev.warnings]
+        + audit_warnings(audit),
         threat_model=threat_model_sections(transport, central),
         dpia=dpia_sections(run, transport, central, clients),
+        audit=audit,
     )
 
 

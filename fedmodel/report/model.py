@@ -156,6 +156,22 @@ class RoundMetrics:
 
 
 @dataclass(frozen=True)
+class AuditSummary:
+    """The server's signed audit log (``audit.jsonl``) as verification found it."""
+
+    verified: bool
+    entries: int
+    accepted: int
+    rejected: int
+    refused: int
+    errors: int
+    checkpoints: int
+    signer: str | None  # fingerprint of the key that verified it
+    key_source: str
+    first_break: str | None  # "entry k: kind: detail", or why it could not be verified
+
+
+@dataclass(frozen=True)
 class Section:
     """A block of prose: a heading, paragraphs and bullet points, rendered by HTML and PDF alike."""
 
@@ -184,6 +200,7 @@ class Report:
     warnings: list[str]
     threat_model: list[Section]
     dpia: list[Section]
+    audit: AuditSummary | None = None  # None: the run folder has no audit log
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy; dataclasses become dicts, nothing is rounded."""

@@ -70,6 +70,7 @@ def document(report: Report) -> list[Block]:
         Heading("3. Can these records be trusted?", "trust"),
         crosscheck_table(report),
         ledger_table(report),
+        audit_table(report) or Note(AUDIT_ABSENT),
         *warnings(report),
         Heading("4. Model quality", "quality"),
         Plot("accuracy", "Accuracy of the aggregated model after each round."),
@@ -260,6 +261,39 @@ def ledger_table(report: Report) -> Table:
         "signer.pub. Both sit on the site's disk; the server heads are the independent check.",
         flagged=[i for i, c in enumerate(report.clients) if not c.ledger.verified],
     )
+
+
+def audit_table(report: Report) -> Table | None:
+    """The server's signed audit log; ``None`` when the run folder has none."""
+    a = report.audit
+    if a is None:
+        return None
+    pairs: list[tuple[str, Any]] = [
+        ("Verification", "sound" if a.verified else f"BROKEN — {a.first_break}"),
+        ("Entries", a.entries),
+        ("Updates accepted", a.accepted),
+        ("Updates rejected", a.rejected),
+        ("Refusals", a.refused),
+        ("Errors (no reply)", a.errors),
+        ("Checkpoints", a.checkpoints),
+        ("Signer", fmt.short_hash(a.signer)),
+        ("Key", a.key_source),
+    ]
+    table = _kv("Server audit log (audit.jsonl)", pairs)
+    return Table(
+        title=table.title,
+        header=table.header,
+        rows=table.rows,
+        key_value=True,
+        flagged=[] if a.verified else [0],
+        note="Every decision the server took, hash-chained and signed with its Ed25519 key: each "
+        "update accepted or rejected (with the reason), each refusal, round and checkpoint. "
+        "'Key': the public key that verified it (the run folder's own key shows the log is "
+        "intact, not who wrote it; `fedmodel audit verify --key` checks the published one).",
+    )
+
+
+AUDIT_ABSENT = "This run folder has no server audit log (audit.jsonl)."
 
 
 def rounds_table(report: Report) -> Table:

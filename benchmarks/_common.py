@@ -1,0 +1,152 @@
+"""Helpers shared by the federation benchmarks (accuracy, simulation overhead).
+
+Kept apart from the per-benchmark scripts because both run fedmodel scenarios through Flower's
+simulation and need the same things: a quiet Flower environment, one run folder per run, the
+numbers read back from ``metrics.jsonl``, a merged results file and a process-tree memory probe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fedmodel.io import atomic_write_json
+
+RESULTS_DIR = Path(__file__).parent / "results"
+RUNS_ROOT = Path(tempfile.gettempdir()) / "fedmodel-bench-runs"
+
+
+def quiet_env() -> None:
+    """Same switches as ``server.simulate.quiet_flower_env``; set before anything imports flwr."""
+    from server.simulate import quiet_flower_env
+
+    quiet_flower_env()
+
+
+def machine() -> dict[str, Any]:
+    """Where a number was measured: results are meaningless without the load they ran under."""
+    load = os.getloadavg()
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_1m_at_write": round(load[0], 2),
+    }
+
+
+def merge_results(path: Path, key: str, value: Any) -> dict[str, Any]:
+    """Update one top-level key, keeping the others: experiments may be run one at a time."""
+    data: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            data = {}
+    data[key] = value
+    atomic_write_json(path, data)
+    return data
+
+
+def print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    """A plain Markdown table, so the output can be pasted into docs/benchmarks.md as is."""
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]  # fmt: skip
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in cells:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """Final accuracy, per-round curve and the realised epsilon (max over clients and rounds)."""
+    from server.records import read_metrics
+
+    rows = read_metrics(run_dir)
+    curve = [float(r["server"].get("accuracy", float("nan"))) for r in rows]  # round 0 first
+    # A client whose update the server rejected has still spent its budget: count it. A refused
+    # round carries only a projection, and an error row nothing trustworthy: skip those.
+    eps = [
+        float(c["epsilon"])
+        for r in rows
+        for c in r.get("clients", [])
+        if c.get("status") in ("ok", "rejected") and c.get("epsilon") is not None
+    ]
+    statuses = [c.get("status") for r in rows for c in r.get("clients", [])]
+    return {
+        "accuracy": curve[-1] if curve else None,
+        "best_round_accuracy": max(curve) if curve else None,
+        "curve": curve,
+        "epsilon": max(eps) if eps else 0.0,
+        "rounds_recorded": sum(1 for r in rows if r.get("clients")),
+        "curve_rounds": [int(r["round"]) for r in rows],
+        "client_replies": {s: statuses.count(s) for s in sorted(set(map(str, statuses)))},
+        "run_dir": str(run_dir),
+    }
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def tree_rss_bytes(root: int) -> int:
+    """RSS summed over ``root`` and every descendant (Ray's GCS, raylet and workers included)."""
+    tree, stack, total = _children(), [root], 0
+    while stack:
+        pid = stack.pop()
+        stack.extend(tree.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            continue
+    return total
+
+
+class PeakRss:
+    """Samples the process tree's RSS in a thread; ``peak`` is the largest sum seen."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss_bytes(me))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def fresh_run_dir(label: str) -> Path:
+    """A new run folder under the temp dir: run folders are big and are not results."""
+    RUNS_ROOT.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{label}-{time.strftime('%H%M%S')}-", dir=RUNS_ROOT))

@@ -1,0 +1,65 @@
+"""Build a model by name from its config; the one entry point the rest of fedmodel uses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from fedmodel.config import ModelConfig
+from fedmodel.models.errors import ModelError
+
+MODEL_NAMES = ("cnn", "mlp", "minilm")
+
+__all__ = ["MODEL_NAMES", "ModelError", "build_model"]
+
+
+def build_model(
+    cfg: ModelConfig,
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    seed: int | None = None,
+) -> nn.Module:
+    """A fresh model for ``input_shape`` (one example, no batch dim) and ``num_classes``.
+
+    With ``seed`` the initial weights are reproducible without touching the caller's global RNG
+    (the draw happens inside ``torch.random.fork_rng``), so every federated client and the
+    server can build the identical starting model.
+    """
+    if num_classes < 2:
+        raise ModelError(f"model: need at least 2 classes, got {num_classes}")
+    shape = tuple(int(d) for d in input_shape)
+    if not shape or any(d < 1 for d in shape):
+        raise ModelError(f"model: invalid input_shape {shape}")
+    if seed is None:
+        return _build(cfg, shape, num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build(cfg, shape, num_classes)
+
+
+def _build(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if cfg.name == "cnn":
+        from fedmodel.models.cnn import CNN
+
+        return CNN(shape, num_classes, channels=cfg.cnn_channels, dropout=cfg.dropout)
+    if cfg.name == "mlp":
+        from fedmodel.models.mlp import MLP
+
+        return MLP(shape, num_classes, hidden_sizes=cfg.hidden_sizes, dropout=cfg.dropout)
+    if cfg.name == "minilm":
+        from fedmodel.models.bert import MiniLMClassifier
+
+        if len(shape) != 1:
+            raise ModelError(f"minilm expects token sequences (length,), got input_shape {shape}")
+        return MiniLMClassifier(
+            shape[0],
+            num_classes,
+            num_layers=cfg.bert_layers,
+            trainable=cfg.bert_trainable,
+            top_k=cfg.bert_top_k,
+            dropout=cfg.dropout,
+        )
+    raise ModelError(f"model.name: unknown model {cfg.name!r} (one of {', '.join(MODEL_NAMES)})")

@@ -1,0 +1,289 @@
+"""Per-sample gradient clipping that is cheaper than Opacus' defaults on CPU.
+
+Two pieces live here:
+
+* ``conv2d_norm_sample``: a ghost-clipping norm sampler for ``nn.Conv2d``. Opacus 1.6 ships
+  norm samplers for ``Linear`` and ``Embedding`` only, so under ``grad_sample_mode="ghost"`` a
+  convolution falls back to materialising and storing per-sample gradients. Registering this
+  sampler (``register_conv_norm_sampler``) gives convolutions a direct norm computation.
+
+* ``BookKeepingClipper`` ("fast" clipping): the book-keeping trick of Bu et al. (2023). Opacus'
+  ghost clipping needs two backward passes (one for per-sample norms, one for the re-weighted
+  loss) and its first pass computes weight gradients only to throw them away. Here a single
+  ``torch.autograd.grad`` call asks only for the gradients of each trainable layer's *output*,
+  so autograd skips every weight gradient; per-sample norms and then the clipped, summed weight
+  gradients are computed from the stored activations and output gradients. The result is
+  exactly ``sum_i min(1, C / ||g_i||) g_i`` - the same quantity Opacus' ``DPOptimizer`` builds -
+  written to ``p.grad`` for ``DPOptimizerFastGradientClipping`` to noise and average.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from opacus.grad_sample import GradSampleModule, register_norm_sampler
+from opacus.grad_sample.conv import compute_conv_grad_sample
+from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
+    GradSampleHooksFastGradientClipping,
+)
+from opacus.optimizers import DPOptimizerFastGradientClipping
+from opacus.utils.tensor_utils import unfold2d
+from torch import Tensor, nn
+
+from fedmodel.training.errors import TrainingError
+
+# Sequence Linear layers: per-sample weight gradients are materialised only when one example's
+# gradient fits in cache (<= 2**18 elements, 1 MiB fp32) and the batch's stays small; past that
+# the pass is memory-bound and the ghost (Gram-matrix) norm is faster. Measured on a 2-core CPU
+# for MiniLM (T=64, batch 32): 384x384 attention weights 1.8x faster materialised, 384x1536 FFN
+# weights 2.2x faster with Gram matrices.
+PER_EXAMPLE_ELEMENTS_LIMIT = 2**18
+PER_SAMPLE_BYTES_LIMIT = 256 * 2**20
+CLIP_EPS = 1e-6  # the same guard Opacus adds to the norm before dividing
+
+
+def _has_own_trainable_params(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters(recurse=False))
+
+
+def _simple_conv(layer: nn.Conv2d) -> bool:
+    """Convolutions the unfold fast path handles exactly (zero padding, no groups)."""
+    return layer.groups == 1 and layer.padding_mode == "zeros"
+
+
+def conv2d_weight_grad_sample(layer: nn.Conv2d, activations: Tensor, backprops: Tensor) -> Tensor:
+    """Per-sample weight gradients ``[B, out, in*kh*kw]`` of a plain convolution via unfold + bmm.
+
+    ``unfold2d`` is Opacus' strided-view im2col, measured ~2x faster than ``F.unfold`` here.
+    """
+    cols = unfold2d(
+        activations,
+        kernel_size=layer.kernel_size,
+        padding=layer.padding,
+        stride=layer.stride,
+        dilation=layer.dilation,
+    )  # [B, in*kh*kw, T]
+    return torch.bmm(backprops.flatten(2), cols.transpose(1, 2))
+
+
+def conv2d_norm_sample(
+    layer: nn.Conv2d, activations: list[Tensor], backprops: Tensor
+) -> dict[nn.Parameter, Tensor]:
+    """Ghost-clipping norm sampler for ``nn.Conv2d``: per-sample gradient norms per parameter."""
+    if not _simple_conv(layer):
+        grads = compute_conv_grad_sample(layer, activations, backprops)
+        return {p: g.flatten(1).norm(2, dim=1) for p, g in grads.items()}
+    out: dict[nn.Parameter, Tensor] = {}
+    if layer.weight.requires_grad:
+        ws = conv2d_weight_grad_sample(layer, activations[0].to(backprops.dtype), backprops)
+        out[layer.weight] = ws.flatten(1).norm(2, dim=1)
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = backprops.sum(dim=(2, 3)).norm(2, dim=1)
+    return out
+
+
+def register_conv_norm_sampler() -> None:
+    """Make Opacus' ghost clipping use ``conv2d_norm_sample``; idempotent.
+
+    Opacus keeps norm samplers in a class-level table, so this is process-wide by design; it
+    only adds a capability (convolutions no longer fall back to stored per-sample gradients).
+    """
+    if GradSampleHooksFastGradientClipping.NORM_SAMPLERS.get(nn.Conv2d) is not conv2d_norm_sample:
+        register_norm_sampler(nn.Conv2d)(conv2d_norm_sample)
+
+
+@dataclass
+class _LayerGrads:
+    """One layer's per-sample squared norms and how to form its clipped gradient sum."""
+
+    sq_norms: Tensor  # [B]
+    clipped: Callable[[Tensor], dict[nn.Parameter, Tensor]]  # coef [B] -> summed grads
+
+
+def _sq_norms(per_sample: Tensor) -> Tensor:
+    """Squared L2 norm of each example's slice ``[B, ...] -> [B]``."""
+    return torch.linalg.vector_norm(per_sample.flatten(1), dim=1).square()
+
+
+def _weighted_sum(coef: Tensor, per_sample: Tensor) -> Tensor:
+    """``sum_i coef_i * per_sample_i`` as one matrix-vector product."""
+    return (coef @ per_sample.flatten(1)).view(per_sample.shape[1:])
+
+
+def _per_sample_terms(grads: dict[nn.Parameter, Tensor]) -> _LayerGrads:
+    """Layers whose per-sample gradients are small (norms, biases, convolutions)."""
+    sq = sum(_sq_norms(g) for g in grads.values())
+
+    def clipped(coef: Tensor) -> dict[nn.Parameter, Tensor]:
+        return {p: _weighted_sum(coef, g) for p, g in grads.items()}
+
+    return _LayerGrads(sq, clipped)
+
+
+def _linear_terms(layer: nn.Linear, a: Tensor, g: Tensor) -> _LayerGrads:
+    """Linear layers, flat ``[B, d]`` or sequence ``[B, T, d]`` inputs.
+
+    Flat: ``||g a^T||^2 = ||g||^2 ||a||^2``. Sequences: materialise per-sample gradients when
+    the Gram form is not cheaper (``T^2 (d_in + d_out) > d_in d_out``, Li et al. 2022) and the
+    gradients are small (see ``PER_EXAMPLE_ELEMENTS_LIMIT``), else ghost norms
+    ``sum (a a^T) * (g g^T)``. Without materialised gradients the clipped sum is one weighted
+    matmul, the same work as the ordinary weight gradient.
+    """
+    n = g.shape[0]
+    a3 = a.reshape(n, -1, a.shape[-1]).to(g.dtype)
+    g3 = g.reshape(n, -1, g.shape[-1])
+    steps, d_in, d_out = a3.shape[1], a3.shape[2], g3.shape[2]
+    weight = layer.weight if layer.weight.requires_grad else None
+    bias = layer.bias if layer.bias is not None and layer.bias.requires_grad else None
+    sq = torch.zeros(n, dtype=g.dtype, device=g.device)
+    per_sample_w: Tensor | None = None
+    if weight is not None:
+        if steps == 1:
+            sq = sq + _sq_norms(g3) * _sq_norms(a3)
+        elif (
+            steps * steps * (d_in + d_out) > d_in * d_out
+            and d_in * d_out <= PER_EXAMPLE_ELEMENTS_LIMIT
+            and n * d_in * d_out * g.element_size() <= PER_SAMPLE_BYTES_LIMIT
+        ):
+            per_sample_w = torch.bmm(g3.transpose(1, 2), a3)
+            sq = sq + _sq_norms(per_sample_w)
+        else:
+            gram = torch.bmm(g3, g3.transpose(1, 2)) * torch.bmm(a3, a3.transpose(1, 2))
+            sq = sq + gram.sum((1, 2)).clamp(min=0)
+    bias_ps = g3.sum(1) if bias is not None else None
+    if bias_ps is not None:
+        sq = sq + _sq_norms(bias_ps)
+
+    def clipped(coef: Tensor) -> dict[nn.Parameter, Tensor]:
+        out: dict[nn.Parameter, Tensor] = {}
+        if weight is not None:
+            if per_sample_w is not None:
+                out[weight] = _weighted_sum(coef, per_sample_w)
+            else:
+                scaled = (g3 * coef[:, None, None]).reshape(-1, d_out)
+                out[weight] = scaled.t() @ a3.reshape(-1, d_in)
+        if bias is not None and bias_ps is not None:
+            out[bias] = _weighted_sum(coef, bias_ps)
+        return out
+
+    return _LayerGrads(sq, clipped)
+
+
+def _layer_terms(layer: nn.Module, a: Tensor, g: Tensor) -> _LayerGrads:
+    if type(layer) is nn.Linear:
+        return _linear_terms(layer, a, g)
+    if type(layer) is nn.Conv2d and _simple_conv(layer):
+        grads: dict[nn.Parameter, Tensor] = {}
+        if layer.weight.requires_grad:
+            ws = conv2d_weight_grad_sample(layer, a.to(g.dtype), g)
+            grads[layer.weight] = ws.view(g.shape[0], *layer.weight.shape)
+        if layer.bias is not None and layer.bias.requires_grad:
+            grads[layer.bias] = g.sum(dim=(2, 3))
+        return _per_sample_terms(grads)
+    sampler = GradSampleModule.GRAD_SAMPLERS[type(layer)]
+    grads = {p: gs for p, gs in sampler(layer, [a], g).items() if p.requires_grad}
+    return _per_sample_terms(grads)
+
+
+def check_fast_supported(model: nn.Module) -> None:
+    """Raise ``TrainingError`` naming the first trainable layer fast clipping cannot handle."""
+    for name, module in model.named_modules():
+        if not _has_own_trainable_params(module):
+            continue
+        if type(module) in (nn.Linear, nn.Conv2d) or type(module) in GradSampleModule.GRAD_SAMPLERS:
+            continue
+        raise TrainingError(
+            f"dp.clipping fast: layer {name or '(root)'} ({type(module).__name__}) has no "
+            "per-sample gradient rule; use dp.clipping = 'per-sample'"
+        )
+
+
+class BookKeepingDPOptimizer(DPOptimizerFastGradientClipping):
+    """Opacus' noise, scaling and accounting for gradients ``BookKeepingClipper`` clipped.
+
+    The only change: ``accumulate`` takes over ``p.grad`` (a tensor the clipper allocated for
+    this batch alone) instead of deep-copying it, which Opacus does because its ghost clipping
+    reuses ``p.grad``. Noise is drawn exactly as in Opacus.
+    """
+
+    def accumulate(self) -> None:
+        for p in self.params:
+            if p.summed_grad is not None:
+                p.summed_grad.add_(p.grad)
+            else:
+                p.summed_grad = p.grad.detach()
+
+
+class BookKeepingClipper:
+    """Clipped per-sample gradient sums from one backward pass (see module docstring).
+
+    Forward hooks record each trainable layer's input (detached) and output (still in the
+    graph). ``backward(loss_per_sample)`` then writes ``sum_i c_i g_i`` into every trainable
+    parameter's ``.grad`` and returns the per-sample gradient norms. Requires a model whose
+    examples do not interact (no BatchNorm: ``ModuleValidator`` enforces this) and whose layers
+    run once per forward pass (no weight tying).
+    """
+
+    def __init__(self, model: nn.Module, max_grad_norm: float) -> None:
+        check_fast_supported(model)
+        self.max_grad_norm = float(max_grad_norm)
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._records: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+        self._handles = [
+            m.register_forward_hook(self._capture)
+            for m in model.modules()
+            if _has_own_trainable_params(m)
+        ]
+
+    def _capture(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        if not (module.training and torch.is_grad_enabled()):
+            return
+        if module in self._records:
+            self._records.clear()
+            raise TrainingError(
+                f"dp.clipping fast: {type(module).__name__} ran twice in one forward pass "
+                "(shared weights); use dp.clipping = 'per-sample'"
+            )
+        self._records[module] = (inputs[0].detach(), output)
+
+    def backward(self, loss_per_sample: Tensor) -> Tensor:
+        """Set ``p.grad`` to the clipped per-sample gradient sum; return per-sample norms."""
+        records, self._records = self._records, {}
+        if not records:
+            raise TrainingError("fast clipping: no training-mode forward pass to back-propagate")
+        layers = list(records)
+        outputs = [records[m][1] for m in layers]
+        out_grads = torch.autograd.grad(loss_per_sample.sum(), outputs, allow_unused=True)
+        n = loss_per_sample.shape[0]
+        sq = torch.zeros(n, dtype=loss_per_sample.dtype, device=loss_per_sample.device)
+        terms: list[_LayerGrads] = []
+        for layer, g in zip(layers, out_grads, strict=True):
+            if g is None:  # layer output does not reach the loss: zero gradient
+                continue
+            term = _layer_terms(layer, records[layer][0], g.detach())
+            sq = sq + term.sq_norms.to(sq.dtype)
+            terms.append(term)
+        norms = sq.sqrt()
+        coef = (self.max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0)
+        for p in self._params:
+            p.grad = None
+        for term in terms:
+            for p, grad in term.clipped(coef.to(loss_per_sample.dtype)).items():
+                p.grad = grad.view_as(p).to(p.dtype)
+        for p in self._params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        return norms.detach()
+
+    def discard(self) -> None:
+        """Drop records of a forward pass that will not be back-propagated (e.g. an error)."""
+        self._records.clear()
+
+    def remove(self) -> None:
+        """Remove the hooks so the model can be trained or wrapped again."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._records.clear()

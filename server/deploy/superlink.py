@@ -1,0 +1,118 @@
+"""``fedmodel server start``: the coordinator's SuperLink, supervised in the foreground.
+
+Starts ``flower-superlink`` with TLS, SuperNode authentication and a persistent database (so
+registrations and run history survive restarts), runtime dependency installation off; waits for
+its port; registers the auth key of every node in server.toml (idempotent: a key registered on
+a previous start is reported as such); makes the ServerApp's sealing keys once (their
+fingerprints are what sites pin, docs/operator-guide.md section 7); then waits until
+SIGTERM/SIGINT or until the SuperLink exits, and stops it by PID. Its output, and that of the
+ServerApps it launches, goes to a size-rotated log file.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+from server.deploy.config import ServerConfig
+from server.deploy.flower import flower_bin, flower_env, register_supernode, write_connection
+from server.deploy.processes import (
+    Child,
+    ServiceError,
+    close_log,
+    flower_exit,
+    install_stop_handlers,
+    port_in_use,
+    read_pid_file,
+    rotating_log,
+    stop_all,
+    supervise,
+    wait_for_port,
+    write_pid_file,
+)
+from server.sealing import ensure_server_keys
+
+READY_TIMEOUT = 60.0
+# the SuperLink's own SuperExec checks for a new run every second by default; runs start sooner
+SUPEREXEC_POLL = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.5"}
+
+
+def superlink_argv(cfg: ServerConfig) -> list[str]:
+    argv = [flower_bin("flower-superlink"), "--host", cfg.host, "--port", str(cfg.port)]
+    argv += ["--database", str(cfg.database), "--disable-runtime-dependency-installation"]
+    if cfg.tls is None:
+        return [*argv, "--insecure"]
+    argv += ["--ssl-ca-certfile", str(cfg.tls.ca), "--ssl-certfile", str(cfg.tls.cert)]
+    return [*argv, "--ssl-keyfile", str(cfg.tls.key), "--enable-supernode-auth"]
+
+
+def run_superlink(cfg: ServerConfig, say: Callable[[str], None]) -> None:
+    """Start, register the nodes, supervise until stopped; every failure is one line."""
+    _refuse_second_instance(cfg)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    cfg.state_dir.chmod(0o700)
+    log = rotating_log(cfg.log_file, max_bytes=cfg.log_max_bytes, backups=cfg.log_backups,
+                       name="superlink")  # fmt: skip
+
+    def tell(text: str) -> None:
+        log.info("[fedmodel] %s", text)
+        say(text)
+
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    env = flower_env(cfg.flwr_home, SUPEREXEC_POLL)
+    children: list[Child] = []
+    try:
+        children.append(Child("superlink", superlink_argv(cfg), env=env, log=log))
+        _wait_ready(cfg, children[0])
+        write_connection(cfg.flwr_home, cfg.dial_address, cfg.tls.ca if cfg.tls else None)
+        for line in register_nodes(cfg, env):
+            tell(line)
+        keys = ensure_server_keys(cfg.server_keys_dir)
+        tell(f"ServerApp keys in {cfg.server_keys_dir}: sites pin exchange key "
+             f"{keys.exchange_fingerprint} and verify key {keys.verify_key_path}")  # fmt: skip
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        write_pid_file(
+            cfg.pid_file,
+            {"superlink": children[0].pid, "address": cfg.dial_address, "started": started},
+        )
+        tell(f"SuperLink ready on {cfg.dial_address} (log {cfg.log_file})")
+        exited = supervise(children, stop)
+        if exited is not None:
+            why = flower_exit(exited) or f"exit status {exited.proc.returncode}"
+            raise ServiceError(f"flower-superlink stopped ({why}); see {cfg.log_file}")
+        tell("stopping")
+    finally:
+        stop_all(children)
+        cfg.pid_file.unlink(missing_ok=True)
+        close_log(log)
+
+
+def register_nodes(cfg: ServerConfig, env: dict[str, str]) -> list[str]:
+    """Register every node's auth key, concurrently (each `flwr` call costs ~2 s of start-up)."""
+    nodes = [n for n in cfg.nodes if n.auth_public_key is not None]
+    if not cfg.node_auth or not nodes:
+        return []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = pool.map(lambda n: register_supernode(n.auth_public_key, n.name, env), nodes)
+        return [f"node {n.name}: {o}" for n, o in zip(nodes, outcomes, strict=True)]
+
+
+def _wait_ready(cfg: ServerConfig, child: Child) -> None:
+    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
+    if not wait_for_port(host, cfg.port, timeout=READY_TIMEOUT, alive=child.alive):
+        child.stop()
+        why = flower_exit(child) or (child.tail[-1] if child.tail else "no output")
+        raise ServiceError(f"flower-superlink did not start: {why}; see {cfg.log_file}")
+
+
+def _refuse_second_instance(cfg: ServerConfig) -> None:
+    running = read_pid_file(cfg.pid_file)
+    if running is not None:
+        raise ServiceError(
+            f"{cfg.state_dir}: the SuperLink is already running (pid {running['pid']})"
+        )
+    if port_in_use(cfg.host if cfg.host else "127.0.0.1", cfg.port):
+        raise ServiceError(f"{cfg.host}:{cfg.port} is already in use")

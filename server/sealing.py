@@ -1,0 +1,220 @@
+"""The server's end of sealed updates: its keys, the registered node keys, opening replies.
+
+Key material (``server-keys/``, private files 0600, folder 0700):
+
+* ``server.x25519`` (+ ``.pub``): nodes seal updates to it; they pin its fingerprint. A fresh
+  one per run in simulation, because whoever holds it can read and re-tag every update
+  (docs/security.md).
+* ``server.ed25519`` (+ ``.pub``): signs the global model each round and the run's audit log.
+
+Registered node keys: the Ed25519 public key each node signs its ledger and updates with, by node
+name. In simulation they are read from the virtual nodes' folders when the run starts; in
+deployment from a directory of ``<node>.ed25519.pub`` files (what ``fedmodel keys`` writes),
+which the coordinator fills when it registers a site. Nothing a reply says can add a signer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+
+from clients.node_config import NODE_FILE, load_node_config
+from fedmodel.config import ConfigError
+from fedmodel.crypto import keys as keyfiles
+from fedmodel.crypto.keys import (
+    PRIVATE_MODE,
+    KeyFileError,
+    fingerprint,
+    load_signing_key,
+    load_verify_key,
+    public_path,
+    save_public_key,
+    save_signing_key,
+)
+from fedmodel.crypto.seal import (
+    ReplayGuard,
+    SealError,
+    open_update,
+    sign_global,
+    state_dict_to_bytes,
+)
+from fedmodel.io import atomic_write_bytes
+from server import wire
+
+KEYS_DIR = "server-keys"
+EXCHANGE_FILE = "server.x25519"
+SIGNING_FILE = "server.ed25519"
+REGISTERED_SUFFIX = keyfiles.SIGNING_SUFFIX + keyfiles.PUBLIC_SUFFIX  # "<node>.ed25519.pub"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerKeys:
+    """The ServerApp's two private keys and where their public halves are."""
+
+    exchange: X25519PrivateKey
+    signing: Ed25519PrivateKey
+    directory: Path
+
+    @property
+    def exchange_public_raw(self) -> bytes:
+        return self.exchange.public_key().public_bytes_raw()
+
+    @property
+    def exchange_fingerprint(self) -> str:
+        """What nodes pin, and what every envelope names as its recipient."""
+        return fingerprint(self.exchange.public_key())
+
+    @property
+    def verify_key_path(self) -> Path:
+        return public_path(self.directory / SIGNING_FILE)
+
+    def fingerprints(self) -> dict[str, str]:
+        return {"exchange": self.exchange_fingerprint, "signing": fingerprint(self.signing)}
+
+
+def ensure_server_keys(directory: Path) -> ServerKeys:
+    """Load the keys in ``directory``, generating whichever is missing (simulation, resume)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    exchange_path, signing_path = directory / EXCHANGE_FILE, directory / SIGNING_FILE
+    if not exchange_path.exists():
+        _save_exchange_key(X25519PrivateKey.generate(), exchange_path)
+    if not signing_path.exists():
+        save_signing_key(Ed25519PrivateKey.generate(), signing_path)
+    return load_server_keys(directory)
+
+
+def load_server_keys(directory: Path) -> ServerKeys:
+    """Read both keys (deployment: a folder only the ServerApp's account can read)."""
+    directory = Path(directory)
+    try:
+        exchange = _load_exchange_key(directory / EXCHANGE_FILE)
+        signing = load_signing_key(directory / SIGNING_FILE)
+    except KeyFileError as err:
+        raise ConfigError(f"server keys: {err}") from None
+    return ServerKeys(exchange=exchange, signing=signing, directory=directory)
+
+
+def _save_exchange_key(key: X25519PrivateKey, path: Path) -> None:
+    """PEM PKCS#8, 0600, public half beside it (written first, as keys.py does)."""
+    save_public_key(key.public_key(), public_path(path), force=True)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    atomic_write_bytes(path, pem, mode=PRIVATE_MODE)
+
+
+def _load_exchange_key(path: Path) -> X25519PrivateKey:
+    # keys.py has no public X25519 loader yet; its private one keeps the permission check and
+    # error messages identical to every other key file.
+    return keyfiles._load_private(path, X25519PrivateKey, "X25519")
+
+
+# --- registered node keys ------------------------------------------------------------------------
+
+
+def signers_from_directory(directory: Path) -> dict[str, Ed25519PublicKey]:
+    """Deployment registry: ``<dir>/<node>.ed25519.pub`` for every registered node."""
+    directory = Path(directory)
+    files = sorted(directory.glob(f"*{REGISTERED_SUFFIX}")) if directory.is_dir() else []
+    if not files:
+        raise ConfigError(f"{directory}: no registered node keys (*{REGISTERED_SUFFIX})")
+    return {p.name.removesuffix(REGISTERED_SUFFIX): _verify_key(p) for p in files}
+
+
+def signers_from_sim_nodes(nodes_dir: Path) -> dict[str, Ed25519PublicKey]:
+    """Simulation: each virtual node's name (node.toml) and its signing key's public half."""
+    signers: dict[str, Ed25519PublicKey] = {}
+    for node_file in sorted(Path(nodes_dir).glob(f"*/{NODE_FILE}")):
+        cfg = load_node_config(node_file)
+        signers[cfg.name] = _verify_key(public_path(cfg.signing_key))
+    if not signers:
+        raise ConfigError(f"{nodes_dir}: no virtual nodes to register")
+    return signers
+
+
+def _verify_key(path: Path) -> Ed25519PublicKey:
+    try:
+        return load_verify_key(path)
+    except KeyFileError as err:
+        raise ConfigError(f"registered node key: {err}") from None
+
+
+# --- one run's sealed traffic ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenedReply:
+    """A sealed reply, verified and decrypted into the plain form strategies aggregate."""
+
+    content: RecordDict
+    node: str
+    message_id: str
+
+
+@dataclass
+class SealedTraffic:
+    """Signs what the server sends and opens what nodes send back, for one run."""
+
+    keys: ServerKeys
+    signers: Mapping[str, Ed25519PublicKey]
+    run_id: str
+    guard: ReplayGuard = field(default_factory=ReplayGuard)
+
+    def sign_requests(
+        self, messages: Iterable[Message], arrays: ArrayRecord, rnd: int
+    ) -> list[Message]:
+        """Replace the plain global model by one signed for this run and round.
+
+        Signed once per round: every node gets the same bytes object.
+        """
+        self.guard.forget_before(self.run_id, rnd)
+        payload = state_dict_to_bytes(arrays.to_torch_state_dict())
+        blob = sign_global(payload, self.keys.signing, self.run_id, rnd)
+        signed = ConfigRecord({wire.BLOB: blob})
+        out = list(messages)
+        for msg in out:
+            kept = {name: rec for name, rec in msg.content.items() if name != wire.ARRAYS}
+            msg.content = RecordDict({**kept, wire.SIGNED_GLOBAL: signed})
+        return out
+
+    def open_reply(self, content: RecordDict, rnd: int) -> OpenedReply:
+        """Verify, check freshness, decrypt; raises :class:`SealError` with the first failure."""
+        record = content.config_records.get(wire.SEALED)
+        envelope = record.get(wire.ENVELOPE) if record is not None else None
+        if not isinstance(envelope, bytes):
+            what = "an unsealed update" if wire.ARRAYS in content else "no sealed update"
+            raise SealError("malformed", f"reply carries {what}; this run accepts sealed only")
+        opened = open_update(
+            envelope,
+            server_private=self.keys.exchange,
+            known_signers=self.signers,
+            run_id=self.run_id,
+            round=rnd,
+            seen=self.guard,
+        )
+        plain = wire.update_from_payload(opened.payload)
+        named = str(plain[wire.NODE].get("name"))
+        if named != opened.node_id:
+            raise SealError(
+                "malformed", f"payload names node {named!r}, envelope signed by {opened.node_id!r}"
+            )
+        return OpenedReply(plain, opened.node_id, opened.message_id)
+
+
+def seal_reason(err: SealError) -> str:
+    """``"<reason>: <detail>"`` for run records: machine-readable code first, then the story."""
+    detail = str(err).removeprefix(f"sealed message rejected ({err.reason}): ")
+    return f"{err.reason}: {detail}"

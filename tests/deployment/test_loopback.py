@@ -1,0 +1,247 @@
+"""A real loopback deployment: SuperLink + SuperNodes with TLS and node authentication.
+
+One federation, started with ``fedmodel server start`` / ``fedmodel node start`` as an operator
+would, every scenario folded into as few runs as possible (each run costs a ServerApp start):
+
+1. SuperLink (TLS, node auth, persistent state), node-0 and node-1 (registered), ``rogue`` (a
+   valid key nobody registered; no retry grace): rogue is refused.
+2. Run A (``fedmodel server run``), DP-SGD, 2 rounds, ``--min-nodes 1``: node-1 is killed
+   (SIGKILL, its whole process group) as soon as round 1 is recorded; round 2 gives up on it
+   after the round timeout and finishes with node-0.
+3. node-1 restarts (after a crash). Run C asks for no DP: node-0 (policy: require_dp) refuses,
+   node-1 (whose policy allows it) trains; the refusal is a row in metrics.jsonl.
+4. Run B, DP-SGD with sealed updates (the sites pinned the ServerApp's keys that ``fedmodel
+   server start`` made), 1 round: node-1's ledger continues where the crash left it.
+
+Runs C and B are submitted in-process (``submit_run``, what the CLI calls) and ``status`` /
+``stop`` run through typer's runner, to spare CLI start-ups; run A goes through the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clients.daemon.status import node_status
+from fedmodel.cli.node_cmd import app as node_app
+from fedmodel.cli.server_cmd import app as server_app
+from fedmodel.config import ScenarioConfig
+from fedmodel.scenarios import apply_overrides, scenario_to_toml
+from server.deploy.config import load_server_config
+from server.deploy.loopback import kill_group, loopback, start, wait_for_count
+from server.deploy.submit import RunRequest, submit_run
+from server.records import read_metrics
+from server.sealing import load_server_keys
+
+ROUND_TIMEOUT = 30.0  # a legit round takes 2-15 s here, depending on how loaded the host is
+START_TIMEOUT = 240.0
+RUN_TIMEOUT = 420.0
+READY = "warm launcher ready"
+CONNECTED = "SuperNode ID:"
+
+
+def small_scenario(dp: bool, sealed: bool = False) -> ScenarioConfig:
+    """Seconds-long: scikit-learn's breast-cancer table, a 16-unit MLP, fixed noise."""
+    overrides = {
+        "name": "deploy-dp" if dp else "deploy-nodp",
+        "security.sealed_updates": sealed,
+        "data.dataset": "breast-cancer",
+        "model.name": "mlp",
+        "model.hidden_sizes": [16],
+        "optimizer.lr": 0.05,
+        "dp.enabled": dp,
+        "dp.noise_multiplier": 1.0,
+        "train.batch_size": 32,
+        "strategy.min_train_nodes": 2,
+        "federation.num_clients": 2,
+    }
+    return apply_overrides(ScenarioConfig(), overrides, "test")
+
+
+class Deployment:
+    """The processes of one loopback federation; ``close`` kills every group it started."""
+
+    def __init__(self, root: Path) -> None:
+        self.fed = loopback(
+            root,
+            ["node-0", "node-1", "rogue"],
+            ["node-0", "node-1"],
+            round_timeout=ROUND_TIMEOUT,
+            policies={"node-1": {"require_dp": False}},
+            deployment={"rogue": {"activation_grace": 0.0, "warm_launcher": False}},
+        )
+        self.root = root
+        self.procs: dict[str, subprocess.Popen] = {}
+        for dp, sealed in ((True, False), (False, False), (True, True)):
+            self.scenario(dp, sealed).write_text(scenario_to_toml(small_scenario(dp, sealed)))
+
+    def scenario(self, dp: bool, sealed: bool = False) -> Path:
+        return self.root / f"dp-{dp}-sealed-{sealed}.toml"
+
+    def pin_nodes(self) -> None:
+        """What each site does once with the fingerprint the coordinator reads out to it."""
+        keys = load_server_keys(self.root / "coordinator" / "state" / "server-keys")
+        for name in ("node-0", "node-1"):
+            _cli(node_app, "pin", self.fed.node_toml(name), "--exchange-fingerprint",
+                 keys.exchange_fingerprint, "--verify-key", str(keys.verify_key_path))  # fmt: skip
+
+    def out(self, name: str) -> Path:
+        return self.root / f"{name}.out"
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        self.procs[name] = start(list(args), self.out(name))
+        return self.procs[name]
+
+    def start_node(self, name: str) -> None:
+        self.start(name, "node", "start", "--config", str(self.fed.node_toml(name)))
+
+    def wait_ready(self, name: str, starts: int = 1) -> None:
+        """The n-th start of ``name`` is connected and its launcher is warm."""
+        log = self.root / name / "logs" / "node.log"
+        for text in (CONNECTED, READY):
+            wait_for_count(log, text, starts, START_TIMEOUT, self.procs[name])
+
+    def run_dir(self, name: str) -> Path:
+        return self.root / "runs" / name
+
+    def submit(self, name: str, dp: bool, rounds: int, sealed: bool = False) -> Path:
+        scenario = str(self.scenario(dp, sealed))
+        request = RunRequest(scenario, rounds, self.run_dir(name), min_nodes=2)
+        return submit_run(load_server_config(self.fed.server_toml), request, lambda row: None)
+
+    def close(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            kill_group(proc)
+
+
+def _wait_for_round(run_dir: Path, rnd: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(r["round"] == rnd for r in read_metrics(run_dir)):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"round {rnd} never recorded in {run_dir}")
+
+
+@pytest.fixture(scope="module")
+def story(tmp_path_factory):
+    """Play the whole story once; the tests below check what it left behind."""
+    dep = Deployment(tmp_path_factory.mktemp("loopback"))
+    outcome: dict = {"dep": dep}
+    try:
+        dep.start("server", "server", "start", "--config", str(dep.fed.server_toml))
+        wait_for_count(dep.out("server"), "SuperLink ready", 1, START_TIMEOUT, dep.procs["server"])
+        dep.pin_nodes()
+        for name in ("node-0", "node-1", "rogue"):
+            dep.start_node(name)
+        dep.wait_ready("node-0")
+        dep.wait_ready("node-1")
+        outcome["rogue_exit"] = dep.procs["rogue"].wait(timeout=START_TIMEOUT)
+
+        run_a = dep.start("run-a", "server", "run", "--config", str(dep.fed.server_toml),
+                          "--scenario", str(dep.scenario(True)), "--rounds", "2",
+                          "--min-nodes", "1", "--out", str(dep.run_dir("a")))  # fmt: skip
+        _wait_for_round(dep.run_dir("a"), 1, run_a)
+        kill_group(dep.procs["node-1"], signal.SIGKILL)
+        outcome["a_exit"] = run_a.wait(timeout=RUN_TIMEOUT)
+
+        dep.start_node("node-1")
+        dep.wait_ready("node-1", starts=2)
+        dep.submit("c", dp=False, rounds=1)
+        dep.submit("b", dp=True, rounds=1, sealed=True)
+        outcome["status"] = node_status(dep.fed.node_toml("node-1"))
+        outcome["status_text"] = _cli(node_app, "status", dep.fed.node_toml("node-1"))
+        outcome["node_stop"] = _cli(node_app, "stop", dep.fed.node_toml("node-0"))
+        outcome["node_0_exit"] = dep.procs["node-0"].wait(timeout=60)
+        outcome["server_stop"] = _cli(server_app, "stop", dep.fed.server_toml)
+        outcome["server_exit"] = dep.procs["server"].wait(timeout=60)
+        yield outcome
+    finally:
+        dep.close()
+
+
+def _cli(app, command: str, config: Path, *args: str) -> str:
+    """A fedmodel command in this process (the CLI's start-up is the slow part of a test)."""
+    result = CliRunner().invoke(app, [command, "--config", str(config), *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _clients(run_dir: Path, rnd: int) -> dict[str, dict]:
+    (row,) = [r for r in read_metrics(run_dir) if r["round"] == rnd]
+    return {c["node"]: c for c in row["clients"]}
+
+
+def test_unregistered_node_is_refused(story):
+    out = story["dep"].out("rogue").read_text()
+    assert story["rogue_exit"] == 3, out
+    assert "refused this node" in out and "exit code 305" in out, out
+    assert "rogue.auth.pub" in out  # tells the operator what to send the coordinator
+
+
+def test_run_folder_written_over_tls_and_node_auth(story):
+    dep = story["dep"]
+    assert story["a_exit"] == 0, dep.out("run-a").read_text()[-3000:]
+    run_dir = dep.run_dir("a")
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished" and info["engine"] == "deployment"
+    assert info["transport"] == {
+        "tls": True, "node_auth": True, "sealed_updates": False, "secure_aggregation": False,
+    }  # fmt: skip
+    checkpoints = [f"checkpoints/round-000{r}.safetensors" for r in (1, 2)]
+    for rel in ("scenario.toml", "metrics.jsonl", "clients.csv", "model/model.safetensors",
+                *checkpoints):  # fmt: skip
+        assert (run_dir / rel).is_file(), rel
+    assert [r["round"] for r in read_metrics(run_dir)] == [0, 1, 2]
+    first = _clients(run_dir, 1)
+    assert {n: c["status"] for n, c in first.items()} == {"node-0": "ok", "node-1": "ok"}
+    assert all(c["epsilon"] > 0 and c["ledger_head"]["count"] == 1 for c in first.values())
+    assert not (run_dir / "nodes").exists()  # real nodes keep their own disks
+
+
+def test_killed_node_does_not_hang_the_run(story):
+    second = _clients(story["dep"].run_dir("a"), 2)
+    assert second["node-0"]["status"] == "ok"
+    assert "node-1" not in second  # killed: no reply before the round timeout
+
+
+def test_no_dp_run_is_refused_by_a_node_that_requires_dp(story):
+    clients = _clients(story["dep"].run_dir("c"), 1)
+    assert clients["node-0"]["status"] == "refused"
+    assert "requires DP" in clients["node-0"]["reason"]
+    assert clients["node-1"]["status"] == "ok"  # its own policy allows it
+
+
+def test_sealed_run_over_the_deployment(story):
+    run_dir = story["dep"].run_dir("b")
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished" and info["transport"]["sealed_updates"] is True
+    assert {c["status"] for c in _clients(run_dir, 1).values()} == {"ok"}
+
+
+def test_restarted_node_continues_its_ledger(story):
+    dep = story["dep"]
+    before = _clients(dep.run_dir("a"), 1)["node-1"]
+    after = _clients(dep.run_dir("b"), 1)["node-1"]
+    assert after["ledger_head"]["count"] > before["ledger_head"]["count"]
+    assert after["epsilon"] > before["epsilon"]
+    status = story["status"]
+    assert status.running and status.connected, status
+    assert status.ledger_entries == after["ledger_head"]["count"]
+    assert status.epsilon_spent == pytest.approx(after["epsilon"], rel=1e-6)
+    assert status.epsilon_left == pytest.approx(50.0 - after["epsilon"], rel=1e-6)
+
+
+def test_status_and_stop_commands(story):
+    text = story["status_text"]
+    assert "connected (SuperNode id" in text and "left" in text, text
+    assert "stopped node supervisor" in story["node_stop"]
+    assert story["node_0_exit"] == 0  # SIGTERM: a clean stop, not a failure for systemd
+    assert "stopped SuperLink supervisor" in story["server_stop"]
+    assert story["server_exit"] == 0

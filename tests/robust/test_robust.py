@@ -1,0 +1,143 @@
+"""Validated and robust aggregation: 2 of 10 clients attack and the model does not move.
+
+One Flower simulation runs five federations (Ray start-up and imports are most of a
+simulation's cost): a clean FedMedian run, then FedMedian, FedTrimmedAvg, Krum and plain FedAvg
+with partition 0 sending NaN and partition 1 a scaled, sign-flipped update
+(``tests/robust/attack.py``, test-only). Each federation gets its own copy of the same ten
+pristine node folders, with fixed keys: a node derives its DP noise from its key and ledger
+position, so the honest clients train exactly alike in every federation and the comparison
+measures the attack, not two draws of noise.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.serverapp import Grid, ServerApp
+
+import clients.client_app
+import server.server_app
+from clients.node_config import load_node_config
+from clients.sim_nodes import prepare_sim_nodes
+from fedmodel.config import ScenarioConfig
+from fedmodel.crypto.keys import save_signing_key
+from fedmodel.scenarios import apply_overrides
+from server.audit import verify_audit
+from server.federation import ServerSettings, run_federation
+from server.records import read_metrics
+from server.simulate import simulate
+from tests.robust.attack import ATTACKED_PREFIX, ATTACKS, attacked_app
+
+CLIENTS = 10
+CLEAN = "clean-fedmedian"
+RUNS = {  # run name -> strategy
+    CLEAN: "fedmedian",
+    f"{ATTACKED_PREFIX}fedmedian": "fedmedian",
+    f"{ATTACKED_PREFIX}fedtrimmedavg": "fedtrimmedavg",
+    f"{ATTACKED_PREFIX}krum": "krum",
+    f"{ATTACKED_PREFIX}fedavg": "fedavg",
+}
+
+
+def scenario(name: str, strategy: str) -> ScenarioConfig:
+    """Breast-cancer MLP, one round of four local epochs at fixed noise 1.0: near its plateau
+    after one round, so the comparison is not a snapshot of a steep learning curve."""
+    return apply_overrides(
+        ScenarioConfig(),
+        {
+            "name": name,
+            "data.dataset": "breast-cancer",
+            "data.test_fraction": 0.4,  # 228 test rows: one row is 0.44 points
+            "model.name": "mlp",
+            "model.hidden_sizes": [16],
+            "optimizer.lr": 0.1,
+            "dp.noise_multiplier": 1.0,
+            "dp.accountant": "rdp",
+            "train.batch_size": 16,
+            "train.epochs": 4,
+            "strategy.name": strategy,
+            "strategy.min_train_nodes": CLIENTS,
+            "strategy.krum_num_malicious": len(ATTACKS),
+            "federation.num_clients": CLIENTS,
+            "federation.rounds": 1,
+        },
+        "test",
+    )
+
+
+def pristine_nodes(folder, cfg: ScenarioConfig):
+    """Ten virtual nodes with fixed signing keys, so every test session replays the same run."""
+    prepare_sim_nodes(folder, cfg)
+    for pid in range(CLIENTS):
+        node = load_node_config(folder / f"node-{pid}" / "node.toml")
+        key = Ed25519PrivateKey.from_private_bytes(bytes([pid + 1]) * 32)
+        save_signing_key(key, node.signing_key, force=True)
+    return folder
+
+
+def sequential_app(all_settings: list[ServerSettings]) -> ServerApp:
+    """Test-only ServerApp: the product's run_federation, once per scenario, on one Grid."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context) -> None:
+        for settings in all_settings:
+            run_federation(grid, settings)
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("robust")
+    pristine = pristine_nodes(base / "pristine", scenario(CLEAN, "fedmedian"))
+    all_settings = []
+    for name, strategy in RUNS.items():
+        nodes = shutil.copytree(pristine, base / name / "nodes")
+        cfg = scenario(name, strategy)
+        all_settings.append(ServerSettings(scenario=cfg, run_dir=base / name, sim_nodes_dir=nodes))
+    mp = pytest.MonkeyPatch()
+    mp.setattr(clients.client_app, "app", attacked_app)
+    mp.setattr(server.server_app, "build_server_app", lambda _: sequential_app(all_settings))
+    try:
+        simulate(all_settings[0])
+    finally:
+        mp.undo()
+    return {name: (base / name, read_metrics(base / name)) for name in RUNS}
+
+
+def accuracy(runs, name: str) -> float:
+    return runs[name][1][-1]["server"]["accuracy"]
+
+
+def test_nan_update_is_rejected_by_validation(runs):
+    for name, (run_dir, rounds) in runs.items():
+        rows = {c["node"]: c for c in rounds[1]["clients"]}
+        if name == CLEAN:
+            assert all(c["status"] == "ok" for c in rows.values())
+            continue
+        assert rows["node-0"]["status"] == "rejected", name
+        assert "non-finite" in rows["node-0"]["reason"]
+        assert rows["node-1"]["status"] == "ok"  # finite: left to the robust strategy
+        audit = verify_audit(run_dir)
+        assert audit.ok and audit.counts["rejected"] == 1 and audit.counts["accepted"] == 9
+
+
+def test_fedmedian_keeps_the_clean_accuracy(runs):
+    clean, attacked = accuracy(runs, CLEAN), accuracy(runs, f"{ATTACKED_PREFIX}fedmedian")
+    assert clean > 0.88, clean
+    assert abs(attacked - clean) <= 0.01, (clean, attacked)
+
+
+def test_other_robust_strategies_complete_under_attack(runs):
+    for strategy in ("fedtrimmedavg", "krum"):
+        name = f"{ATTACKED_PREFIX}{strategy}"
+        assert [r["round"] for r in runs[name][1]] == [0, 1]
+        assert accuracy(runs, name) > 0.85, (name, accuracy(runs, name))
+
+
+def test_the_attack_does_move_plain_fedavg(runs):
+    """The control: without a robust rule, one sign-flipped update ruins the round."""
+    assert accuracy(runs, f"{ATTACKED_PREFIX}fedavg") < accuracy(runs, CLEAN) - 0.2

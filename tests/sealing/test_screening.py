@@ -1,0 +1,126 @@
+"""Every rejection path of the real server screening: real crypto, real Flower messages.
+
+Each test seals with the node-side code (clients/sealing.py), wraps the envelope in a Flower
+reply and hands it to ``RecordingStrategy.aggregate_train`` with a real FedAvg inside: what is
+asserted is what the run records and what reaches aggregation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import ArrayRecord, ConfigRecord, Message
+
+from fedmodel.crypto.seal import SEAL_FIXED_OVERHEAD, state_dict_from_bytes, verify_global
+from server import wire
+from tests.sealing.conftest import RUN_ID
+
+
+def statuses(rows):
+    return [(r["node"], r["status"], (r.get("reason") or "").split(":")[0]) for r in rows]
+
+
+def test_sealed_replies_open_validate_and_aggregate(federation):
+    replies = [
+        federation.reply(federation.envelope("node-0", 1, value=1.0, examples=10), "node-0", 1),
+        federation.reply(federation.envelope("node-1", 1, value=4.0, examples=30), "node-1", 2),
+    ]
+    arrays, rows = federation.screen(1, replies)
+    assert statuses(rows) == [("node-0", "ok", ""), ("node-1", "ok", "")]
+    assert all(len(r["message_id"]) == 32 for r in rows)
+    # FedAvg weighs by the num-examples sealed inside the payload: (1*10 + 4*30) / 40
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full((4, 3), 3.25), rtol=1e-6)
+
+
+def test_the_relay_sees_no_plaintext_weights(federation):
+    envelope = federation.envelope("node-0", 1, value=1.2345)
+    reply = federation.reply(envelope, "node-0", 1)
+    assert not reply.content.array_records and not reply.content.metric_records
+    pattern = np.full(3, 1.2345, dtype=np.float32).tobytes()
+    assert pattern not in envelope
+    assert len(envelope) > SEAL_FIXED_OVERHEAD + 15 * 4  # the tensors are in there, encrypted
+
+
+@pytest.mark.parametrize("where", ["round-field", "header-end", "ciphertext", "tag", "signature"])
+def test_any_changed_byte_is_rejected(federation, where):
+    envelope = bytearray(federation.envelope("node-0", 1))
+    header = 113 + len(RUN_ID) + len("node-0")
+    offset = {
+        "round-field": 7,
+        "header-end": header - 1,
+        "ciphertext": header + 40,
+        "tag": len(envelope) - 64 - 8,
+        "signature": len(envelope) - 5,
+    }[where]
+    envelope[offset] ^= 0x01
+    good = federation.envelope("node-1", 1)
+    arrays, rows = federation.screen(
+        1, [federation.reply(bytes(envelope), "node-0", 1), federation.reply(good, "node-1", 2)]
+    )
+    expected = "tampered" if where == "ciphertext" else "bad-signature"
+    assert statuses(rows) == [("node-0", "rejected", expected), ("node-1", "ok", "")]
+    np.testing.assert_allclose(arrays["b"].numpy(), 1.0)  # only node-1's update got through
+
+
+def test_replayed_round_and_other_run_are_rejected(federation):
+    old = federation.envelope("node-0", 1)
+    other_run = federation.envelope("node-1", 2, run_id="run-b")
+    federation.screen(1, [federation.reply(old, "node-0", 1)])
+    arrays, rows = federation.screen(
+        2, [federation.reply(old, "node-0", 2), federation.reply(other_run, "node-1", 2, dst=2)]
+    )
+    assert statuses(rows) == [
+        ("node-0", "rejected", "wrong-round"),
+        ("node-1", "rejected", "wrong-run"),
+    ]
+    assert arrays is None  # nothing valid to aggregate: the global model stays as it was
+
+
+def test_duplicate_in_one_round_is_rejected(federation):
+    envelope = federation.envelope("node-0", 1)
+    _, rows = federation.screen(
+        1, [federation.reply(envelope, "node-0", 1), federation.reply(envelope, "node-0", 1)]
+    )
+    assert statuses(rows) == [("node-0", "ok", ""), ("node-0", "rejected", "duplicate")]
+    assert "already accepted" in rows[1]["reason"]
+
+
+def test_unknown_signer_and_impersonation_are_rejected(federation):
+    stranger = Ed25519PrivateKey.generate()
+    unknown = federation.envelope("node-9", 1, signer=stranger)
+    impostor = federation.envelope("node-0", 1, signer=stranger)  # claims node-0, other key
+    _, rows = federation.screen(
+        1, [federation.reply(unknown, "node-9", 1), federation.reply(impostor, "node-0", 2)]
+    )
+    assert statuses(rows) == [
+        ("node-9", "rejected", "unknown-signer"),
+        ("node-0", "rejected", "bad-signature"),
+    ]
+
+
+def test_an_unsealed_update_is_rejected_when_the_run_seals(federation):
+    plain = wire.update_record(
+        ArrayRecord(federation.state(1.0)), {"num-examples": 5, "ledger-count": 1},
+        {"name": "node-0", "ledger-hash": "0" * 64},
+    )  # fmt: skip
+    _, rows = federation.screen(1, [Message(plain, reply_to=federation.request(1))])
+    assert statuses(rows) == [("node-0", "rejected", "malformed")]
+    assert "unsealed" in rows[0]["reason"]
+
+
+def test_outgoing_model_is_signed_for_the_round_and_not_sent_plain(federation):
+    class TwoNodes:
+        def get_node_ids(self):
+            return [1, 2]
+
+    config = ConfigRecord({wire.RUN_ID: RUN_ID})
+    messages = list(
+        federation.strategy.configure_train(3, federation.global_arrays, config, TwoNodes())
+    )
+    assert len(messages) == 2
+    for msg in messages:
+        assert wire.ARRAYS not in msg.content and msg.content[wire.CONFIG]["server-round"] == 3
+        blob = msg.content[wire.SIGNED_GLOBAL][wire.BLOB]
+        payload = verify_global(blob, federation.keys.signing.public_key(), RUN_ID, 3)
+        assert set(state_dict_from_bytes(payload)) == {"w", "b"}

@@ -1,0 +1,140 @@
+"""Fast (book-keeping) clipping and the Conv2d ghost norm sampler agree with Opacus' per-sample
+gradients, computed independently by ``GradSampleModule`` (hooks mode)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from opacus.grad_sample import GradSampleModule
+from torch import nn
+from torch.nn import functional as F
+
+from fedmodel.config import ModelConfig
+from fedmodel.models import build_model
+from fedmodel.training import TrainingError
+from fedmodel.training import clipping as clipping_mod
+from fedmodel.training.clipping import BookKeepingClipper, conv2d_norm_sample
+
+CLIP = 0.5
+pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+
+
+def opacus_clipped_sums(
+    model: nn.Module, *inputs, labels
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Reference: Opacus per-sample grads, flat clipping as in ``DPOptimizer``."""
+    ref = copy.deepcopy(model)
+    gsm = GradSampleModule(ref, loss_reduction="sum")
+    F.cross_entropy(gsm(*inputs), labels, reduction="sum").backward()
+    params = [p for p in ref.parameters() if p.requires_grad]
+    norms = torch.stack([p.grad_sample.flatten(1).norm(dim=1) for p in params], 1).norm(dim=1)
+    coef = (CLIP / (norms + 1e-6)).clamp(max=1.0)
+    sums = [torch.einsum("n,n...->...", coef, p.grad_sample) for p in params]
+    gsm.cleanup()
+    return sums, norms
+
+
+def fast_clipped_sums(model: nn.Module, *inputs, labels) -> tuple[list[torch.Tensor], torch.Tensor]:
+    clipper = BookKeepingClipper(model, CLIP)
+    norms = clipper.backward(F.cross_entropy(model(*inputs), labels, reduction="none"))
+    clipper.remove()
+    return [p.grad for p in model.parameters() if p.requires_grad], norms
+
+
+def assert_same(model: nn.Module, *inputs, labels, atol: float = 1e-5) -> None:
+    ref, ref_norms = opacus_clipped_sums(model, *inputs, labels=labels)
+    got, norms = fast_clipped_sums(model, *inputs, labels=labels)
+    torch.testing.assert_close(norms, ref_norms, atol=atol, rtol=1e-4)
+    for r, g in zip(ref, got, strict=True):
+        torch.testing.assert_close(g, r, atol=atol, rtol=1e-4)
+
+
+def test_cnn_conv_groupnorm_linear_match_opacus():
+    model = build_model(ModelConfig(name="cnn"), (1, 28, 28), 10, seed=0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 1, 28, 28, generator=g)
+    assert_same(model, x, labels=torch.arange(8) % 10)
+
+
+class SeqNet(nn.Module):
+    """Sequence Linear layers + LayerNorm, the shapes of a transformer block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(6, 12)
+        self.norm = nn.LayerNorm(12)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(torch.tanh(self.proj(x))).mean(dim=1))
+
+
+@pytest.mark.parametrize("per_example_limit", [0, 2**30], ids=["ghost-gram", "materialised"])
+def test_sequence_linear_both_norm_paths_match_opacus(monkeypatch, per_example_limit):
+    monkeypatch.setattr(clipping_mod, "PER_EXAMPLE_ELEMENTS_LIMIT", per_example_limit)
+    torch.manual_seed(0)
+    model = SeqNet()
+    x = torch.randn(5, 7, 6)
+    assert_same(model, x, labels=torch.tensor([0, 1, 2, 0, 1]))
+
+
+def test_frozen_layers_and_partial_trainability():
+    torch.manual_seed(0)
+    model = SeqNet()
+    model.proj.requires_grad_(False)
+    model.head.bias.requires_grad_(False)
+    assert_same(model, torch.randn(4, 7, 6), labels=torch.tensor([0, 1, 2, 0]))
+    assert model.proj.weight.grad is None
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 4, kernel_size=3, stride=1, padding=1),
+        nn.Conv2d(2, 4, kernel_size=(3, 2), stride=2, padding=0, dilation=1),
+        nn.Conv2d(4, 4, kernel_size=3, padding=1, groups=2),  # falls back to Opacus' sampler
+    ],
+)
+def test_conv2d_norm_sampler_matches_per_sample_norms(conv):
+    torch.manual_seed(0)
+    a = torch.randn(5, conv.in_channels, 9, 9)
+    g = torch.randn_like(conv(a))
+    from opacus.grad_sample.conv import compute_conv_grad_sample
+
+    expected = compute_conv_grad_sample(conv, [a], g)
+    got = conv2d_norm_sample(conv, [a], g)
+    for p, gs in expected.items():
+        torch.testing.assert_close(got[p], gs.flatten(1).norm(dim=1), atol=1e-4, rtol=1e-4)
+
+
+def test_clipped_norm_never_exceeds_the_bound():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, 2))
+    x = torch.randn(3, 5) * 10
+    clipper = BookKeepingClipper(model, CLIP)
+    norms = clipper.backward(F.cross_entropy(model(x), torch.tensor([0, 1, 0]), reduction="none"))
+    total = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    assert total <= CLIP * len(x) + 1e-5
+    assert (norms > CLIP).any()
+
+
+def test_shared_weights_and_unsupported_layers_are_refused():
+    lin = nn.Linear(3, 3)
+    tied = nn.Sequential(lin, nn.Tanh(), lin)
+    clipper = BookKeepingClipper(tied, CLIP)
+    with pytest.raises(TrainingError, match="ran twice"):
+        tied(torch.randn(2, 3))
+    clipper.remove()
+
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return x * self.scale
+
+    with pytest.raises(TrainingError, match="per-sample"):
+        BookKeepingClipper(Odd(), CLIP)

@@ -1,0 +1,153 @@
+"""DP wrapping: the three clipping modes agree, calibration hits its target, bad combinations
+are refused, physical batching and empty Poisson batches keep the accounting right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedmodel.config import DPConfig, ModelConfig, OptimizerConfig, TrainConfig
+from fedmodel.models import build_model
+from fedmodel.privacy.accountant import epsilon_from_history
+from fedmodel.training import TrainingError, train
+from fedmodel.training import dp as dp_module
+from fedmodel.training.dp import make_private
+
+TRAIN = TrainConfig(epochs=1, batch_size=32, device="cpu", seed=3)
+SGD = OptimizerConfig(lr=0.1, momentum=0.0)
+
+
+@pytest.fixture(scope="module")
+def images() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 1, 28, 28, generator=g)
+    return TensorDataset(x, torch.randint(0, 10, (128,), generator=g))
+
+
+@pytest.fixture(scope="module")
+def rows() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(128, 5, generator=g), torch.randint(0, 2, (128,), generator=g))
+
+
+def cnn():
+    return build_model(ModelConfig(name="cnn"), (1, 28, 28), 10, seed=0)
+
+
+def run(dataset, dp: DPConfig, clipping=None, **kw):
+    """One epoch of 4 DP steps; a CNN for images, a small MLP for rows."""
+    shape = tuple(dataset[0][0].shape)
+    model = cnn() if len(shape) == 3 else build_model(ModelConfig(name="mlp"), shape, 2, seed=0)
+    return train(model, dataset, train_cfg=TRAIN, optim_cfg=SGD, dp_cfg=dp, clipping=clipping, **kw)
+
+
+def test_per_sample_ghost_and_fast_give_the_same_model(images):
+    """Same seed -> same Poisson batches and noise; the clipped sums must agree."""
+    dp = DPConfig(noise_multiplier=1.0, max_grad_norm=0.5, accountant="rdp")
+    ref = run(images, dp)
+    ghost = run(images, dp.model_copy(update={"clipping": "ghost"}))
+    fast = run(images, dp, clipping="fast")
+    assert ref.clipping == "per-sample" and ghost.clipping == "ghost" and fast.clipping == "fast"
+    for other in (ghost, fast):
+        assert other.history == ref.history
+        for k, v in ref.state_dict.items():
+            torch.testing.assert_close(other.state_dict[k], v, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["per-sample", "ghost", "fast"])
+def test_physical_batches_change_nothing(images, mode):
+    """BatchMemoryManager splits each logical batch; the step, noise and accounting stay."""
+    opacus_mode = "ghost" if mode == "ghost" else "per-sample"
+    dp = DPConfig(noise_multiplier=1.0, max_grad_norm=0.5, accountant="rdp", clipping=opacus_mode)
+    fast = "fast" if mode == "fast" else None
+    few = TensorDataset(*images[:64])
+    whole = run(few, dp, clipping=fast)
+    split = run(few, dp.model_copy(update={"max_physical_batch_size": 8}), clipping=fast)
+    assert split.steps == whole.steps == 2 and split.history == whole.history
+    for k, v in whole.state_dict.items():
+        torch.testing.assert_close(split.state_dict[k], v, atol=1e-6, rtol=1e-5)
+
+
+def test_target_epsilon_calibration_lands_within_two_percent(rows):
+    """PRV (the default accountant) calibrated for the 16 steps this call really runs."""
+    dp = DPConfig(target_epsilon=4.0)
+    cfg = TRAIN.model_copy(update={"batch_size": 8})
+    model = build_model(ModelConfig(name="mlp"), (5,), 2, seed=0)
+    result = train(model, rows, train_cfg=cfg, optim_cfg=SGD, dp_cfg=dp, clipping="fast")
+    assert result.steps == 16 and result.history == [(result.noise_multiplier, 1 / 16, 16)]
+    assert 0.98 * 4.0 <= result.epsilon <= 4.0
+    assert result.epsilon == pytest.approx(
+        epsilon_from_history(result.history, dp.delta, "prv"), abs=1e-9
+    )
+
+
+def test_calibration_gets_prior_history_and_planned_steps(rows, monkeypatch):
+    """Federated callers plan every round's steps on top of the history already spent."""
+    calls = []
+
+    def fake_calibrate(*args):
+        calls.append(args)
+        return 1.25
+
+    monkeypatch.setattr(dp_module, "calibrate_noise", fake_calibrate)
+    prior = [(1.5, 0.25, 12)]
+    dp = DPConfig(target_epsilon=8.0, accountant="rdp", delta=1e-6)
+    result = run(rows, dp, clipping="fast", prior_history=prior, planned_total_steps=40)
+    assert calls == [(8.0, 1e-6, 0.25, 40, "rdp", prior)]
+    assert result.noise_multiplier == 1.25 and result.history == [(1.25, 0.25, 4)]
+    assert result.epsilon == pytest.approx(
+        epsilon_from_history([*prior, (1.25, 0.25, 4)], 1e-6, "rdp"), abs=1e-9
+    )
+    default = run(rows, dp, clipping="fast")
+    assert calls[-1][3] == 4 and default.steps == 4  # default plan: this call's steps
+
+
+def test_refused_combinations(images, rows):
+    with pytest.raises(TrainingError, match="planned_total_steps"):
+        run(rows, DPConfig(target_epsilon=3.0), planned_total_steps=2)
+    with pytest.raises(TrainingError, match="no privacy"):
+        run(rows, DPConfig(noise_multiplier=0.0))
+    with pytest.raises(TrainingError, match="secure_mode"):
+        run(rows, DPConfig(noise_multiplier=1.0, secure_mode=True))
+    empty = TensorDataset(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(TrainingError, match="empty"):
+        train(cnn(), empty, train_cfg=TRAIN, optim_cfg=SGD, dp_cfg=DPConfig(noise_multiplier=1.0))
+    bn = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 4), torch.nn.BatchNorm1d(4))
+    with pytest.raises(TrainingError, match="DP-SGD compatible"):
+        train(bn, images, train_cfg=TRAIN, optim_cfg=SGD, dp_cfg=DPConfig(noise_multiplier=1.0))
+
+
+@pytest.mark.parametrize("clipping", ["per-sample", "fast"])
+def test_empty_poisson_batch_is_a_noise_only_step(clipping):
+    """Batch size 1 on 4 rows: empty batches are frequent; each still costs one step."""
+    model = build_model(ModelConfig(name="mlp", hidden_sizes=[4]), (3,), 2, seed=0)
+    data = TensorDataset(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
+    loader = DataLoader(data, batch_size=1, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    session = make_private(
+        model, opt, loader, DPConfig(noise_multiplier=1.0), epochs=1, clipping=clipping
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    try:
+        assert session.empty_step()
+    finally:
+        session.close()
+    assert session.history() == [(1.0, 0.25, 1)]
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+
+
+def test_model_can_be_trained_again_after_dp(images):
+    model = cnn()
+    dp = DPConfig(noise_multiplier=1.0, accountant="rdp")
+    for mode in ("per-sample", "ghost", "fast", "per-sample"):
+        train(
+            model,
+            images,
+            train_cfg=TRAIN,
+            optim_cfg=SGD,
+            dp_cfg=dp.model_copy(update={"clipping": "ghost" if mode == "ghost" else "per-sample"}),
+            clipping="fast" if mode == "fast" else None,
+        )
+    assert not any(hasattr(p, "grad_sample") for p in model.parameters())
+    assert not model._forward_hooks and not model.features[0]._forward_hooks
