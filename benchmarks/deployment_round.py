@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,22 @@ from server.deploy.submit import RunRequest, submit_run  # noqa: E402
 
 NODES = ["node-0", "node-1"]
 TASK_WALL = re.compile(r"task \d+ finished in ([0-9.]+)s")
+# node.log lines (stamped by the supervisor, ms) that bound the phases of one task
+MARKS = {
+    "receive": "Receiving: train message",
+    "received": "Received successfully",
+    "task_started": "[flwr-clientapp] Start FAB installation.",
+    "app_loading": "Start `ClientApp` Loading.",
+    "reply_noticed": "Sending: train message",
+    "sent": "Sent successfully",
+}
+PHASES = {  # name: (from mark, to mark)
+    "pull_message_from_superlink": ("receive", "received"),
+    "start_task_process": ("received", "task_started"),
+    "install_fab": ("task_started", "app_loading"),
+    "load_app_train_push_reply": ("app_loading", "reply_noticed"),
+    "push_reply_to_superlink": ("reply_noticed", "sent"),
+}
 MODES: dict[str, dict[str, Any]] = {
     "stock": {"deployment": {"*": {"warm_launcher": False, "poll_interval": 3.0}}},
     "fedmodel_tls_auth": {},
@@ -178,8 +195,8 @@ def run_mode(name: str, root: Path, scenario_path: Path, rounds: int) -> dict[st
         for proc in reversed(procs):
             kill_group(proc)
     walls = [b - a for a, b in zip(clock.stamps, clock.stamps[1:], strict=False)]
-    tasks = [float(m) for node in NODES for m in TASK_WALL.findall(
-        (fed.root / node / "logs" / "node.log").read_text())]  # fmt: skip
+    logs = [(fed.root / node / "logs" / "node.log").read_text() for node in NODES]
+    tasks = [float(m) for log in logs for m in TASK_WALL.findall(log)]
     return {
         "tls": not fed.insecure,
         "node_auth": not fed.insecure,
@@ -190,7 +207,33 @@ def run_mode(name: str, root: Path, scenario_path: Path, rounds: int) -> dict[st
         "steady_round_s": round(statistics.mean(walls[1:]), 2),
         "total_s": round(total, 2),
         "launcher_task_walls_s": tasks,  # warm modes: pull + FAB + ClientApp + push, per task
+        "node_phases_median_s": node_phases(logs),
     }
+
+
+def node_phases(logs: list[str]) -> dict[str, float]:
+    """Where a node's share of a round goes, from its log: median seconds per phase."""
+    samples: dict[str, list[float]] = {name: [] for name in PHASES}
+    for log in logs:
+        for task in _tasks(log):
+            for name, (a, b) in PHASES.items():
+                if a in task and b in task:
+                    samples[name].append(task[b] - task[a])
+    return {k: round(statistics.median(v), 3) for k, v in samples.items() if v}
+
+
+def _tasks(log: str) -> list[dict[str, float]]:
+    """One dict of mark -> time per task, in log order (a new "receive" starts a task)."""
+    tasks: list[dict[str, float]] = []
+    for line in log.splitlines():
+        for mark, text in MARKS.items():
+            if text in line:
+                if mark == "receive":
+                    tasks.append({})
+                if tasks and mark not in tasks[-1]:
+                    stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                    tasks[-1][mark] = stamp.timestamp()
+    return tasks
 
 
 def compute_now(cfg: ScenarioConfig, fed: Federation, repeats: int) -> dict[str, Any]:

@@ -82,7 +82,11 @@ class DPConfig(StrictModel):
     accountant: Literal["prv", "rdp"] = "prv"
     poisson_sampling: bool = True
     max_physical_batch_size: int | None = Field(None, gt=0, description="BatchMemoryManager")
-    clipping: Literal["per-sample", "ghost"] = "per-sample"
+    clipping: Literal["per-sample", "ghost", "fast"] = Field(
+        "fast",
+        description="per-sample: Opacus hooks; ghost: Opacus ghost clipping; fast: book-keeping "
+        "(one backward pass, the same clipped gradients; fedmodel.training.clipping)",
+    )
     secure_mode: bool = False
 
     @model_validator(mode="after")

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
+from clients.sim_nodes import pin_server
 from fedmodel import __version__
 from fedmodel.config import ConfigError, ScenarioConfig, config_hash
 from fedmodel.crypto.keys import fingerprint
@@ -96,7 +97,9 @@ class RunState:
 def run_federation(grid: Grid, settings: ServerSettings) -> Path:
     state = start_run(settings)
     scenario = settings.scenario
-    sealing = sealed_traffic(state) if scenario.security.sealed_updates else None
+    sealing = None
+    if scenario.security.sealed_updates:
+        sealing = SealedTraffic(keys=state.keys, signers=state.signers, run_id=state.run_id)
     strategy = RecordingStrategy(
         build_strategy(scenario.strategy, scenario.federation.num_clients),
         round_offset=state.offset,
@@ -125,30 +128,16 @@ def start_run(settings: ServerSettings) -> RunState:
     run_id, offset, initial = _starting_point(settings, model)
     keys = _server_keys(settings)
     signers = _registered_signers(settings) if scenario.security.sealed_updates else {}
-    transport = {
-        **settings.transport,
-        "sealed_updates": scenario.security.sealed_updates,
-        "secure_aggregation": scenario.security.secure_aggregation,
-    }
-    recorder = RunRecorder(
-        settings.run_dir, scenario, run_id, engine=settings.engine, transport=transport
-    )
-    recorder.start()
-    if offset:
-        resumes = [*(recorder.read_run_info() or {}).get("resumed_from", [])]
-        resumes.append({"round": offset, "weights_sha256": arrays_sha256(initial), "at": utc_now()})
-        recorder.update_info(resumed_from=resumes)
-    if settings.sim_nodes_dir is not None:
-        from clients.sim_nodes import pin_server
-
+    if settings.sim_nodes_dir is not None:  # the virtual sites pin this run's server keys
         pin_server(settings.sim_nodes_dir, keys.exchange_fingerprint, keys.verify_key_path)
+    recorder = _open_records(settings, run_id, offset, initial)
     audit = AuditLog(settings.run_dir, keys.signing, run_id)
     audit.run_started(
         scenario=scenario.name,
         config_hash=config_hash(scenario.without_budgets()),
         code_version=__version__,
         engine=settings.engine,
-        transport=transport,
+        transport=recorder.transport,
         strategy=scenario.strategy.model_dump(mode="json"),
         server_keys=keys.fingerprints(),
         registered_nodes={name: fingerprint(key) for name, key in sorted(signers.items())},
@@ -159,9 +148,25 @@ def start_run(settings: ServerSettings) -> RunState:
     )
 
 
-def sealed_traffic(state: RunState) -> SealedTraffic:
-    """Sealing for this run: the server's keys and the node keys registered before it began."""
-    return SealedTraffic(keys=state.keys, signers=state.signers, run_id=state.run_id)
+def _open_records(
+    settings: ServerSettings, run_id: str, offset: int, initial: ArrayRecord
+) -> RunRecorder:
+    """run.json (with how updates travel) and scenario.toml; a resume notes where it resumed."""
+    security = settings.scenario.security
+    transport = {
+        **settings.transport,
+        "sealed_updates": security.sealed_updates,
+        "secure_aggregation": security.secure_aggregation,
+    }
+    recorder = RunRecorder(
+        settings.run_dir, settings.scenario, run_id, engine=settings.engine, transport=transport
+    )
+    recorder.start()
+    if offset:
+        resumes = [*(recorder.read_run_info() or {}).get("resumed_from", [])]
+        resumes.append({"round": offset, "weights_sha256": arrays_sha256(initial), "at": utc_now()})
+        recorder.update_info(resumed_from=resumes)
+    return recorder
 
 
 def _registered_signers(settings: ServerSettings) -> dict[str, Ed25519PublicKey]:

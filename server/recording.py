@@ -27,6 +27,18 @@ from server.validation import update_problem
 log = logging.getLogger(__name__)
 
 
+def with_dtypes_of(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
+    """The aggregate in the global model's dtypes.
+
+    Server optimisers such as Flower's FedAdam return float64 arrays; left as they are, the next
+    round's updates (float32) would fail dtype validation against them and every node would
+    spend its budget for nothing.
+    """
+    state = arrays.to_torch_state_dict()
+    ref = reference.to_torch_state_dict()
+    return ArrayRecord({k: v.to(ref[k].dtype) if k in ref else v for k, v in state.items()})
+
+
 class RecordingStrategy(Strategy):
     def __init__(
         self,
@@ -62,7 +74,10 @@ class RecordingStrategy(Strategy):
         rnd = server_round + self.round_offset
         accepted, rows = self.screen(rnd, list(replies))
         self.pending_rows[rnd] = rows
-        return self.inner.aggregate_train(rnd, accepted)
+        arrays, metrics = self.inner.aggregate_train(rnd, accepted)
+        if arrays is not None and self._global is not None:
+            arrays = with_dtypes_of(arrays, self._global)
+        return arrays, metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

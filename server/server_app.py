@@ -73,6 +73,8 @@ def _deployment_settings(rc: dict[str, Any], scenario: ScenarioConfig) -> Server
     run_dir = Path(str(rc["out-dir"]))
     if not run_dir.is_absolute():
         raise ConfigError(f"run config: deployment out-dir must be absolute, got {run_dir}")
+    if scenario.security.secure_aggregation:  # SecAgg+ needs the legacy apps (simulation only)
+        raise ConfigError("run config: secure aggregation is not available in deployment")
     timeout = float(rc["round-timeout"])
     return ServerSettings(
         scenario=scenario,

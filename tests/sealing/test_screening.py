@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from fedmodel.crypto.seal import SEAL_FIXED_OVERHEAD, state_dict_from_bytes, verify_global
 from server import wire
 from tests.sealing.conftest import RUN_ID
+from tests.sealing.relay_scan import PAYLOAD_MARKER
 
 
 def statuses(rows):
@@ -39,6 +40,10 @@ def test_the_relay_sees_no_plaintext_weights(federation):
     assert not reply.content.array_records and not reply.content.metric_records
     pattern = np.full(3, 1.2345, dtype=np.float32).tobytes()
     assert pattern not in envelope
+    # the marker the deployment test scans the SuperLink's database for is in every payload
+    payload = wire.update_payload(federation.state(1.2345), {"num-examples": 1}, {"name": "n"})
+    assert PAYLOAD_MARKER in payload and pattern in payload
+    assert PAYLOAD_MARKER not in envelope
     assert len(envelope) > SEAL_FIXED_OVERHEAD + 15 * 4  # the tensors are in there, encrypted
 
 
