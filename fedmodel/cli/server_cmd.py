@@ -62,7 +62,7 @@ def run(
         int | None, typer.Option(help="fewest nodes a round needs (default: the scenario's)")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="run folder (default [run] out_dir/<scenario>-<time>)")
+        Path | None, typer.Option(help="run folder (default: run.out_dir/<scenario>-<time>)")
     ] = None,
 ) -> None:
     """Submit a run to the SuperLink (flwr run), follow its rounds, check it finished."""
