@@ -29,8 +29,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from fedmodel.crypto.chain import ChainBreak, ChainEntry, ChainError, SignedChain, verify_chain
-from fedmodel.crypto.keys import KeyFileError, fingerprint, load_verify_key
+from fedmodel.crypto.chain import (
+    ChainBreak,
+    ChainEntry,
+    ChainError,
+    SignedChain,
+    resolve_verify_key,
+    verify_chain,
+)
+from fedmodel.crypto.keys import fingerprint
 from fedmodel.errors import FedmodelError
 
 AUDIT_FILE = "audit.jsonl"
@@ -154,7 +161,13 @@ def verify_audit(
     the log is self-consistent, not who wrote it; pass the key the coordinator published.
     """
     file = _audit_file(Path(path))
-    key, source = _resolve_key(file, public_key)
+    key, source = resolve_verify_key(
+        public_key,
+        file.parent / DEFAULT_KEY,
+        "run folder's server-keys",
+        AuditError,
+        "pass the server's verify key with --key",
+    )
     try:
         chain = verify_chain(file, key)
     except ChainError as err:
@@ -205,19 +218,3 @@ def _audit_file(path: Path) -> Path:
     if not file.is_file():
         raise AuditError(f"{file}: no such audit log")
     return file
-
-
-def _resolve_key(
-    file: Path, public_key: ed25519.Ed25519PublicKey | Path | None
-) -> tuple[ed25519.Ed25519PublicKey, str]:
-    if isinstance(public_key, ed25519.Ed25519PublicKey):
-        return public_key, "given key"
-    key_file = Path(public_key) if public_key is not None else file.parent / DEFAULT_KEY
-    if public_key is None and not key_file.is_file():
-        raise AuditError(f"{key_file}: missing; pass the server's verify key with --key")
-    try:
-        key = load_verify_key(key_file)
-    except KeyFileError as err:
-        raise AuditError(str(err)) from None
-    source = "run folder's server-keys" if public_key is None else str(key_file)
-    return key, source

@@ -46,7 +46,7 @@ from typing import Any, Literal
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from fedmodel.crypto.keys import fingerprint
+from fedmodel.crypto.keys import KeyFileError, fingerprint, load_verify_key
 from fedmodel.errors import FedmodelError
 from fedmodel.io import atomic_write_bytes
 
@@ -388,3 +388,27 @@ class SignedChain:
         """Temp files a killed writer left behind; safe to remove because we hold the lock."""
         for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
             stale.unlink(missing_ok=True)
+
+
+def resolve_verify_key(
+    public_key: ed25519.Ed25519PublicKey | str | os.PathLike[str] | None,
+    default_file: Path,
+    default_source: str,
+    error: type[FedmodelError],
+    missing_hint: str,
+) -> tuple[ed25519.Ed25519PublicKey, str]:
+    """The key a chain is verified with, and where it came from (for the verdict's wording).
+
+    A given key wins; else a key file; else the chain's default key file beside it, which only
+    proves self-consistency, so callers say so. Every failure is ``error`` naming the file.
+    """
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return public_key, "given key"
+    key_file = Path(public_key) if public_key is not None else default_file
+    if public_key is None and not key_file.is_file():
+        raise error(f"{key_file}: missing; {missing_hint}")
+    try:
+        key = load_verify_key(key_file)
+    except KeyFileError as err:
+        raise error(str(err)) from None
+    return key, default_source if public_key is None else str(key_file)

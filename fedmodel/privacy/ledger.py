@@ -41,6 +41,7 @@ from fedmodel.crypto.chain import (
     ChainHead,
     SignedChain,
     head_of,
+    resolve_verify_key,
     verify_chain,
 )
 from fedmodel.crypto.keys import KeyFileError, fingerprint, load_verify_key, save_public_key
@@ -320,7 +321,13 @@ def verify_ledger(
     ``rewritten``. Bad input raises :class:`LedgerError`; a broken ledger is a report.
     """
     file = _ledger_file(path)
-    key, key_source = _resolve_key(file, public_key)
+    key, key_source = resolve_verify_key(
+        public_key,
+        file.parent / SIGNER_FILE,
+        "ledger's own signer.pub",
+        LedgerError,
+        "pass the node's registered key with --key",
+    )
     recorded = [_as_head(h) for h in heads or ()]
     try:
         chain = verify_chain(file, key)
@@ -373,22 +380,6 @@ def _ledger_file(path: str | os.PathLike[str]) -> Path:
     if not file.is_file():
         raise LedgerError(f"{file}: no such ledger file")
     return file
-
-
-def _resolve_key(
-    file: Path, public_key: ed25519.Ed25519PublicKey | str | os.PathLike[str] | None
-) -> tuple[ed25519.Ed25519PublicKey, str]:
-    if isinstance(public_key, ed25519.Ed25519PublicKey):
-        return public_key, "given key"
-    key_file = Path(public_key) if public_key is not None else file.parent / SIGNER_FILE
-    if public_key is None and not key_file.is_file():
-        raise LedgerError(f"{key_file}: missing; pass the node's registered key with --key")
-    try:
-        key = load_verify_key(key_file)
-    except KeyFileError as err:
-        raise LedgerError(str(err)) from None
-    source = "ledger's own signer.pub" if public_key is None else str(key_file)
-    return key, source
 
 
 def _as_head(head: Mapping[str, Any] | ChainHead) -> ChainHead:
