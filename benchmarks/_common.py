@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from fedmodel.io import atomic_write_json
 
@@ -122,28 +122,43 @@ def tree_rss_bytes(root: int) -> int:
     return total
 
 
-class PeakRss:
-    """Samples the process tree's RSS in a thread; ``peak`` is the largest sum seen."""
+class Sampler:
+    """Calls :meth:`sample` every ``interval`` seconds in a daemon thread while its ``with``
+    block runs, the first call at once: the one start/stop/join behind the benchmarks' probes
+    (memory here, round stamps in ``deployment_round.py``)."""
 
-    def __init__(self, interval: float = 0.5) -> None:
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
+    def sample(self) -> None:
+        raise NotImplementedError
+
     def _loop(self) -> None:
-        me = os.getpid()
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss_bytes(me))
+            self.sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> PeakRss:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class PeakRss(Sampler):
+    """Samples the process tree's RSS in a thread; ``peak`` is the largest sum seen."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        super().__init__(interval)
+        self.peak = 0
+        self._me = os.getpid()
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, tree_rss_bytes(self._me))
 
 
 def fresh_run_dir(label: str) -> Path:

@@ -33,13 +33,12 @@ import re
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS_DIR, machine, quiet_env
+from _common import RESULTS_DIR, Sampler, machine, quiet_env
 
 quiet_env()
 
@@ -51,7 +50,7 @@ from fedmodel.config import ScenarioConfig  # noqa: E402
 from fedmodel.data import load_dataset  # noqa: E402
 from fedmodel.io import atomic_write_json  # noqa: E402
 from fedmodel.models import build_model  # noqa: E402
-from fedmodel.scenarios import apply_overrides, scenario_to_toml  # noqa: E402
+from fedmodel.scenarios import scenario_to_toml, tiny_tabular  # noqa: E402
 from fedmodel.training import evaluate  # noqa: E402
 from server import wire  # noqa: E402
 from server.deploy.config import load_server_config  # noqa: E402
@@ -84,21 +83,7 @@ MODES: dict[str, dict[str, Any]] = {
 
 
 def scenario() -> ScenarioConfig:
-    return apply_overrides(
-        ScenarioConfig(),
-        {
-            "name": "bench-deploy",
-            "data.dataset": "breast-cancer",
-            "model.name": "mlp",
-            "model.hidden_sizes": [16],
-            "optimizer.lr": 0.05,
-            "dp.noise_multiplier": 1.0,
-            "train.batch_size": 32,
-            "strategy.min_train_nodes": 2,
-            "federation.num_clients": 2,
-        },
-        "benchmark",
-    )
+    return tiny_tabular("bench-deploy", len(NODES), "benchmark")
 
 
 # --- compute, timed in this (warm) process -----------------------------------------------------
@@ -145,28 +130,18 @@ def server_eval(cfg: ScenarioConfig, repeats: int) -> float:
 # --- one deployment -----------------------------------------------------------------------------
 
 
-class RoundClock:
+class RoundClock(Sampler):
     """Stamps each round when its line lands in metrics.jsonl (20 ms resolution)."""
 
     def __init__(self, run_dir: Path) -> None:
+        super().__init__(0.02)
         self.path = run_dir / "metrics.jsonl"
         self.stamps: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def __enter__(self) -> RoundClock:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.02):
-            lines = self.path.read_text().count("\n") if self.path.is_file() else 0
-            while len(self.stamps) < lines:
-                self.stamps.append(time.monotonic())
+    def sample(self) -> None:
+        lines = self.path.read_text().count("\n") if self.path.is_file() else 0
+        while len(self.stamps) < lines:
+            self.stamps.append(time.monotonic())
 
 
 def run_mode(name: str, root: Path, scenario_path: Path, rounds: int) -> dict[str, Any]:

@@ -108,10 +108,9 @@ def raw_once(payload: bytes, keys: Keys) -> bytes:
     return cipher.decrypt(nonce, cipher.encrypt(nonce, payload, None), None)
 
 
-def seal_open_once(payload: bytes, keys: Keys) -> tuple[float, float, bytes]:
-    """Returns (seal seconds, open seconds, opened payload)."""
-    start = time.perf_counter()
-    envelope = seal_update(
+def seal_once(payload: bytes, keys: Keys) -> bytes:
+    """The node's side, as the timed runs and the size measurement both need it."""
+    return seal_update(
         payload,
         server_public=keys.server.public_key(),
         signer=keys.node,
@@ -119,6 +118,12 @@ def seal_open_once(payload: bytes, keys: Keys) -> tuple[float, float, bytes]:
         round=ROUND,
         node_id=NODE,
     )
+
+
+def seal_open_once(payload: bytes, keys: Keys) -> tuple[float, float, bytes]:
+    """Returns (seal seconds, open seconds, opened payload)."""
+    start = time.perf_counter()
+    envelope = seal_once(payload, keys)
     sealed = time.perf_counter()
     opened = open_update(
         envelope,
@@ -180,16 +185,7 @@ def bench_size(name: str, shapes: dict, keys: Keys, repeats: int, batch: int) ->
     _, _, opened = seal_open_once(payload, keys)
     if opened != payload or raw_once(payload, keys) != payload:
         raise SystemExit(f"{name}: round trip changed the payload")
-    envelope_len = len(
-        seal_update(
-            payload,
-            server_public=keys.server.public_key(),
-            signer=keys.node,
-            run_id=RUN_ID,
-            round=ROUND,
-            node_id=NODE,
-        )
-    )
+    envelope_len = len(seal_once(payload, keys))
     row = {"params": params, "payload_bytes": len(payload), "envelope_bytes": envelope_len}
     row["overhead_bytes"] = envelope_len - len(payload)
     row |= measure(payload, keys, repeats, batch)

@@ -53,6 +53,34 @@ def apply_overrides(
     return parse_config(ScenarioConfig, data, source)
 
 
+def tiny_tabular(
+    name: str, nodes: int, source: str, overrides: dict[str, Any] | None = None
+) -> ScenarioConfig:
+    """A seconds-long DP scenario: scikit-learn's bundled breast-cancer table, a 16-unit MLP,
+    fixed noise 1.0, every one of ``nodes`` nodes in every round.
+
+    The one small workload shared by tests and the deployment benchmark, where what the
+    federation runtime does should dominate, not the training. ``overrides`` are dotted keys
+    applied on top, as in :func:`apply_overrides`.
+    """
+    return apply_overrides(
+        ScenarioConfig(),
+        {
+            "name": name,
+            "data.dataset": "breast-cancer",
+            "model.name": "mlp",
+            "model.hidden_sizes": [16],
+            "optimizer.lr": 0.05,
+            "dp.noise_multiplier": 1.0,
+            "train.batch_size": 32,
+            "strategy.min_train_nodes": nodes,
+            "federation.num_clients": nodes,
+            **(overrides or {}),
+        },
+        source,
+    )
+
+
 def scenario_to_toml(cfg: ScenarioConfig) -> str:
     """Serialise a resolved scenario so a run folder can be reloaded (``--resume``)."""
     return _dump_toml(cfg.model_dump(mode="json", exclude_none=True))

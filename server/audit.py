@@ -34,6 +34,7 @@ from fedmodel.crypto.chain import (
     ChainEntry,
     ChainError,
     SignedChain,
+    VerifiedPrefix,
     resolve_verify_key,
     verify_chain,
 )
@@ -121,7 +122,7 @@ def _json_safe(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class AuditReport:
+class AuditReport(VerifiedPrefix):
     """What verification established: the sound prefix, its counts and the first break."""
 
     path: Path
@@ -131,10 +132,6 @@ class AuditReport:
     entries: tuple[ChainEntry, ...]
     first_break: ChainBreak | None
     counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.first_break is None
 
     def summary(self) -> str:
         c = self.counts

@@ -19,6 +19,10 @@ from typing import Any
 from fedmodel import __version__
 from fedmodel.config import ConfigError, ScenarioConfig, config_hash, load_toml
 from fedmodel.io import append_line_durably, atomic_write_json, atomic_write_text
+
+# read_metrics is fedmodel.runlog's, re-exported here beside the writer: the server, the CLI,
+# benchmarks and tests import it from here, and the report parses the file with the same code.
+from fedmodel.runlog import METRICS_FILE, read_metrics
 from fedmodel.scenarios import scenario_to_toml
 
 CHECKPOINT_RE = re.compile(r"round-(\d+)\.safetensors$")
@@ -49,7 +53,7 @@ class RunRecorder:
 
     @property
     def metrics_path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
+        return self.run_dir / METRICS_FILE
 
     def start(self) -> None:
         atomic_write_text(self.run_dir / "scenario.toml", scenario_to_toml(self.scenario))
@@ -104,20 +108,6 @@ class RunRecorder:
 
     def checkpoint_path(self, rnd: int) -> Path:
         return self.run_dir / "checkpoints" / f"round-{rnd:04d}.safetensors"
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Rounds recorded so far; a torn last line (crash mid-write) is ignored, not fatal."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
 
 
 def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:

@@ -41,15 +41,10 @@ def stop(config: ConfigOpt) -> None:
     """Stop the node that `fedmodel node start` runs for this config (by its pid)."""
     from clients.daemon.checks import load_deployed_node
     from clients.daemon.service import PID_FILE
-    from server.deploy.processes import read_pid_file, terminate_pid
+    from server.deploy.processes import stop_supervisor
 
     _, dep, _ = load_deployed_node(config)
-    running = read_pid_file(dep.state_dir / PID_FILE)
-    if running is None:
-        typer.echo("node is not running")
-        return
-    terminate_pid(int(running["pid"]), timeout=20)
-    typer.echo(f"stopped node supervisor (pid {running['pid']})")
+    stop_supervisor(dep.state_dir / PID_FILE, "node", typer.echo)
 
 
 @app.command()

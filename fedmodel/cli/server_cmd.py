@@ -41,15 +41,9 @@ def start(config: ConfigOpt) -> None:
 def stop(config: ConfigOpt) -> None:
     """Stop the SuperLink that `fedmodel server start` runs for this config (by its pid)."""
     from server.deploy.config import load_server_config
-    from server.deploy.processes import read_pid_file, terminate_pid
+    from server.deploy.processes import stop_supervisor
 
-    cfg = load_server_config(config)
-    running = read_pid_file(cfg.pid_file)
-    if running is None:
-        typer.echo("SuperLink is not running")
-        return
-    terminate_pid(int(running["pid"]), timeout=20)
-    typer.echo(f"stopped SuperLink supervisor (pid {running['pid']})")
+    stop_supervisor(load_server_config(config).pid_file, "SuperLink", typer.echo)
 
 
 @app.command()

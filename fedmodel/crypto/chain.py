@@ -110,13 +110,15 @@ class ChainBreak:
         return f"entry {self.index}: {self.kind}: {self.detail}"
 
 
-@dataclass(frozen=True)
-class ChainVerification:
-    """Result of :func:`verify_chain`: the sound prefix, the number of lines, the first break."""
+class VerifiedPrefix:
+    """What every verification result means by ``ok`` and ``head``, whatever its entries are.
 
-    path: Path
-    entries: tuple[ChainEntry, ...]
-    total: int
+    Mixed into :class:`ChainVerification` and the ledger's ``VerifyReport`` (which holds the
+    same prefix parsed as ledger entries), so a chain and a ledger can never disagree about
+    whether a file is sound or where its head is. Subclasses are dataclasses with these fields.
+    """
+
+    entries: Sequence[Any]
     first_break: ChainBreak | None
 
     @property
@@ -127,6 +129,16 @@ class ChainVerification:
     def head(self) -> ChainHead:
         """Head of the verified prefix (the whole chain when ``ok``)."""
         return head_of(self.entries)
+
+
+@dataclass(frozen=True)
+class ChainVerification(VerifiedPrefix):
+    """Result of :func:`verify_chain`: the sound prefix, the number of lines, the first break."""
+
+    path: Path
+    entries: tuple[ChainEntry, ...]
+    total: int
+    first_break: ChainBreak | None
 
 
 # --- hashing and signing -------------------------------------------------------------------------

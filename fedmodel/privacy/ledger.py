@@ -40,6 +40,7 @@ from fedmodel.crypto.chain import (
     ChainError,
     ChainHead,
     SignedChain,
+    VerifiedPrefix,
     head_of,
     resolve_verify_key,
     verify_chain,
@@ -108,10 +109,11 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True)
-class VerifyReport:
+class VerifyReport(VerifiedPrefix):
     """Outcome of :func:`verify_ledger`. ``entries`` is the sound prefix, ``total`` the number of
     lines in the file, ``first_break`` the first broken entry (chain kinds, plus ``bad-body``,
-    ``cut-tail`` and ``rewritten`` from the server heads)."""
+    ``cut-tail`` and ``rewritten`` from the server heads). ``ok`` and ``head`` are the chain's
+    (:class:`~fedmodel.crypto.chain.VerifiedPrefix`)."""
 
     path: Path
     key_source: str
@@ -121,14 +123,6 @@ class VerifyReport:
     total: int
     heads_checked: int
     first_break: ChainBreak | None
-
-    @property
-    def ok(self) -> bool:
-        return self.first_break is None
-
-    @property
-    def head(self) -> ChainHead:
-        return head_of(self.entries)
 
     def summary(self) -> str:
         """One line for a terminal or a report."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from fedmodel.report.errors import ReportError
 from fedmodel.report.model import RoundMetrics, RunIdentity, Transport
+from fedmodel.runlog import METRICS_FILE, parse_metrics
 
 ClientRows = dict[str, list[tuple[int, dict[str, Any]]]]  # node -> [(round, metrics row)]
 
@@ -44,7 +45,7 @@ def read_run(run_dir: Path) -> RunRecords:
     info = _read_json(run_dir / "run.json")
     if not isinstance(info, dict) or not info.get("run_id"):
         raise ReportError(f"{run_dir / 'run.json'}: run_id missing")
-    rounds, warnings = read_metrics(run_dir / "metrics.jsonl")
+    rounds, warnings = read_rounds(run_dir / METRICS_FILE)
     return RunRecords(info=info, rounds=rounds, warnings=warnings)
 
 
@@ -57,28 +58,22 @@ def _read_json(path: Path) -> Any:
         raise ReportError(f"{path}: unreadable: {err}") from None
 
 
-def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rounds in order. A torn last line (a run killed mid-write) is dropped with a warning;
+def read_rounds(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rounds in order, with the run-time parser (:func:`fedmodel.runlog.parse_metrics`) held to
+    the report's standard: a torn last line (a run killed mid-write) is dropped with a warning;
     a bad line anywhere else means the file was edited, and is an error."""
     if not path.is_file():
         raise ReportError(f"{path}: missing (no rounds recorded)")
     try:
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        log = parse_metrics(path)
     except (OSError, UnicodeDecodeError) as err:
         raise ReportError(f"{path}: unreadable: {err}") from None
-    rows: list[dict[str, Any]] = []
-    warnings: list[str] = []
-    for i, line in enumerate(lines):
-        try:
-            row = json.loads(line)
-            rows.append({**row, "round": int(row["round"])})
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            if i < len(lines) - 1:
-                raise ReportError(f"{path}: line {i + 1} is not a round record") from None
-            warnings.append(f"{path.name}: torn last line ignored")
-    if not rows:
+    if log.bad_line is not None and not log.torn:
+        raise ReportError(f"{path}: line {log.bad_line} is not a round record")
+    if not log.rows:
         raise ReportError(f"{path}: no rounds recorded")
-    return sorted(rows, key=lambda r: r["round"]), warnings
+    warnings = [f"{path.name}: torn last line ignored"] if log.torn else []
+    return sorted(log.rows, key=lambda r: r["round"]), warnings
 
 
 def client_rows(rounds: list[dict[str, Any]]) -> ClientRows:

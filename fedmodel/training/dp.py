@@ -257,11 +257,7 @@ def _make_opacus(
 
     else:
         gsm, dp_opt, dp_loader = out
-
-        def backward(logits: Tensor, labels: Tensor) -> Tensor:
-            losses = F.cross_entropy(logits, labels, reduction="none")
-            losses.mean().backward()
-            return losses.detach()
+        backward = _per_sample_backward(lambda losses: losses.mean().backward())
 
     return PrivateTraining(
         module=gsm,
@@ -301,17 +297,26 @@ def _make_fast(
     )
     dp_opt.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
     clipper = BookKeepingClipper(model, common["max_grad_norm"])
-
-    def backward(logits: Tensor, labels: Tensor) -> Tensor:
-        losses = F.cross_entropy(logits, labels, reduction="none")
-        clipper.backward(losses)
-        return losses.detach()
-
     return PrivateTraining(
         module=model,
         optimizer=dp_opt,
         loader=dp_loader,
-        _backward=backward,
+        _backward=_per_sample_backward(clipper.backward),
         _cleanup=clipper.remove,
         **common,
     )
+
+
+def _per_sample_backward(
+    backprop: Callable[[Tensor], object],
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """``PrivateTraining._backward`` for the modes that see per-sample losses (``per-sample``,
+    ``fast``): one loss computation and one return value, only how the losses reach the
+    gradients differs (Opacus hooks on their mean, book-keeping clipping on each sample)."""
+
+    def backward(logits: Tensor, labels: Tensor) -> Tensor:
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        backprop(losses)
+        return losses.detach()
+
+    return backward

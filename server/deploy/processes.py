@@ -237,6 +237,18 @@ def read_pid_file(path: Path) -> dict[str, object] | None:
     return info
 
 
+def stop_supervisor(pid_file: Path, what: str, say: Callable[[str], object]) -> None:
+    """``fedmodel server stop`` / ``fedmodel node stop``: terminate the supervisor ``pid_file``
+    names (its children die with it), or say that ``what`` is not running. One rule for both
+    services, so they stop, wait and report alike."""
+    running = read_pid_file(pid_file)
+    if running is None:
+        say(f"{what} is not running")
+        return
+    terminate_pid(int(running["pid"]), timeout=20)
+    say(f"stopped {what} supervisor (pid {running['pid']})")
+
+
 def install_stop_handlers(stop: threading.Event) -> None:
     """SIGTERM (systemd stop) and SIGINT (Ctrl-C) ask the supervisor loop to shut down."""
 

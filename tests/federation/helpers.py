@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedmodel.config import ScenarioConfig
-from fedmodel.scenarios import apply_overrides, load_scenario
+from fedmodel.scenarios import apply_overrides, load_scenario, tiny_tabular
 from server.federation import ServerSettings
 from server.simulate import simulate
 
@@ -34,23 +34,8 @@ def small_mnist(rounds: int = 2, clients: int = 3, **overrides) -> ScenarioConfi
 
 def small_tabular(strategy: str, clients: int = 2) -> ScenarioConfig:
     """A seconds-long tabular run (scikit-learn's bundled breast-cancer table, MLP)."""
-    return apply_overrides(
-        ScenarioConfig(),
-        {
-            "name": f"tabular-{strategy}",
-            "data.dataset": "breast-cancer",
-            "model.name": "mlp",
-            "model.hidden_sizes": [16],
-            "optimizer.lr": 0.05,
-            "dp.noise_multiplier": 1.0,
-            "train.batch_size": 32,
-            "strategy.name": strategy,
-            "strategy.min_train_nodes": clients,
-            "federation.num_clients": clients,
-            "federation.rounds": 1,
-        },
-        "test",
-    )
+    overrides = {"strategy.name": strategy, "federation.rounds": 1}
+    return tiny_tabular(f"tabular-{strategy}", clients, "test", overrides)
 
 
 def run(cfg: ScenarioConfig, run_dir: Path, **kwargs) -> Path:

@@ -14,7 +14,8 @@ from fedmodel.report.evidence import gather_evidence
 from fedmodel.report.json_out import _finite
 from fedmodel.report.ledgers import find_ledgers
 from fedmodel.report.narrative import membership_tpr_bound
-from fedmodel.report.runfolder import client_rows, read_metrics
+from fedmodel.report.runfolder import client_rows, read_rounds
+from fedmodel.runlog import METRICS_FILE, read_metrics
 
 
 def test_merge_repeats_keeps_order_and_changes() -> None:
@@ -44,10 +45,18 @@ def _write_metrics(path: Path, lines: list[str]) -> Path:
 
 def test_torn_last_metrics_line_is_dropped_but_a_bad_middle_line_is_an_error(tmp_path) -> None:
     good = json.dumps({"round": 1, "clients": []})
-    rows, warnings = read_metrics(_write_metrics(tmp_path / "m.jsonl", [good, '{"round": 2, "se']))
+    rows, warnings = read_rounds(_write_metrics(tmp_path / "m.jsonl", [good, '{"round": 2, "se']))
     assert [r["round"] for r in rows] == [1] and warnings == ["m.jsonl: torn last line ignored"]
     with pytest.raises(ReportError, match="line 1 is not a round record"):
-        read_metrics(_write_metrics(tmp_path / "m.jsonl", ["{oops", good]))
+        read_rounds(_write_metrics(tmp_path / "m.jsonl", ["{oops", good]))
+
+
+def test_the_run_time_reader_stops_at_damage_where_the_report_refuses(tmp_path) -> None:
+    """Server and report parse metrics.jsonl with one parser; only the policy differs."""
+    good = json.dumps({"round": 1, "clients": []})
+    assert read_metrics(tmp_path) == []  # no metrics.jsonl yet: no rounds yet
+    _write_metrics(tmp_path / METRICS_FILE, [good, "{oops", json.dumps({"round": 2})])
+    assert read_metrics(tmp_path) == [{"round": 1, "clients": []}]
 
 
 def test_ledgers_found_in_either_layout(tmp_path) -> None:

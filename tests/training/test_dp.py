@@ -44,9 +44,7 @@ def run(dataset, dp: DPConfig, clipping=None, **kw):
 
 def test_per_sample_ghost_and_fast_give_the_same_model(images):
     """Same seed -> same Poisson batches and noise; the clipped sums must agree."""
-    dp = DPConfig(
-        noise_multiplier=1.0, max_grad_norm=0.5, accountant="rdp", clipping="per-sample"
-    )
+    dp = DPConfig(noise_multiplier=1.0, max_grad_norm=0.5, accountant="rdp", clipping="per-sample")
     ref = run(images, dp)
     ghost = run(images, dp.model_copy(update={"clipping": "ghost"}))
     fast = run(images, dp, clipping="fast")
