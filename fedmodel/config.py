@@ -168,6 +168,24 @@ class SecurityConfig(StrictModel):
         return self
 
 
+class CentralDPConfig(StrictModel):
+    """Client-level DP added by the server: Flower's DifferentialPrivacyServerSideFixedClipping.
+
+    Each node's update is clipped to ``clipping_norm`` and the uniform mean gets Gaussian noise;
+    Flower's RDP accountant composes one release per round. This protects whole sites, on top
+    of (not instead of) the record-level DP-SGD every node enforces itself, and it trusts the
+    ServerApp: the noise is added after the server has seen each update.
+    """
+
+    enabled: bool = False
+    noise_multiplier: float = Field(1.0, gt=0, description="noise stdev / clipping_norm")
+    clipping_norm: float = Field(1.0, gt=0, description="L2 bound on each node's model update")
+    delta: float = Field(1e-3, gt=0, lt=1, description="client-level delta (~1/num_clients)")
+    max_epsilon: float | None = Field(
+        None, gt=0, description="refuse to start a run whose rounds would pass this epsilon"
+    )
+
+
 class PrivacyBudget(StrictModel):
     epsilon: float = Field(gt=0)
     delta: float = Field(gt=0, lt=1)
@@ -201,6 +219,7 @@ class ScenarioConfig(StrictModel):
         default_factory=dict, description="per-partition caps, e.g. hospitals with different caps"
     )
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    central_dp: CentralDPConfig = Field(default_factory=CentralDPConfig)
 
     @model_validator(mode="after")
     def _secagg_needs_a_mean(self) -> ScenarioConfig:
@@ -208,6 +227,22 @@ class ScenarioConfig(StrictModel):
             raise ValueError(
                 f"strategy {self.strategy.name!r} needs each update; secure aggregation only "
                 "yields their weighted sum (use fedavg)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _central_dp_needs_a_uniform_mean(self) -> ScenarioConfig:
+        """Flower accounts central DP only for a uniform FedAvg mean of every clipped update."""
+        if not self.central_dp.enabled:
+            return self
+        if self.strategy.name not in ("fedavg", "fedprox"):
+            raise ValueError(
+                f"central_dp: strategy {self.strategy.name!r} is not a mean of the clipped "
+                "updates; Flower's accountant covers fedavg and fedprox only"
+            )
+        if self.security.secure_aggregation:
+            raise ValueError(
+                "central_dp: not with secure_aggregation (the server must clip each update)"
             )
         return self
 

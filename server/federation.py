@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
-from flwr.serverapp import Grid
+from flwr.serverapp import Grid, RdpAccountant
+from flwr.serverapp.strategy import Strategy
 
 from clients.sim_nodes import pin_server
 from fedmodel import __version__
@@ -32,7 +33,7 @@ from fedmodel.data import DatasetSplits, load_dataset
 from fedmodel.models import build_model
 from fedmodel.training import evaluate
 from fedmodel.training.checkpoint import load_weights, save_weights
-from server import wire
+from server import central_dp, wire
 from server.audit import AuditLog
 from server.recording import RecordingStrategy
 from server.records import (
@@ -95,29 +96,78 @@ class RunState:
 
 
 def run_federation(grid: Grid, settings: ServerSettings) -> Path:
-    state = start_run(settings)
     scenario = settings.scenario
+    accountant = central_accountant(settings)
+    state = start_run(settings)
     sealing = None
     if scenario.security.sealed_updates:
         sealing = SealedTraffic(keys=state.keys, signers=state.signers, run_id=state.run_id)
     strategy = RecordingStrategy(
-        build_strategy(scenario.strategy, scenario.federation.num_clients),
+        _strategy(scenario, accountant),
         round_offset=state.offset,
         max_update_norm=scenario.strategy.max_update_norm,
         sealing=sealing,
+        before_aggregate=central_dp.weigh_uniformly if accountant is not None else None,
     )
     train_config = round_config(state)
     if sealing is not None:
         train_config[wire.SERVER_EXCHANGE_KEY] = state.keys.exchange_public_raw
+    end_of_round = end_of_round_hook(state, strategy.take_rows)
+    if accountant is not None:
+        end_of_round = _recording_central_dp(end_of_round, state, accountant)
     result = strategy.start(
         grid=grid,
         initial_arrays=state.initial,
         num_rounds=scenario.federation.rounds - state.offset,
         timeout=settings.round_timeout,
         train_config=ConfigRecord(train_config),
-        evaluate_fn=end_of_round_hook(state, strategy.take_rows),
+        evaluate_fn=end_of_round,
     )
     return finish_run(state, result.arrays if result.arrays is not None else state.initial)
+
+
+def _strategy(scenario: ScenarioConfig, accountant: RdpAccountant | None) -> Strategy:
+    """Flower's strategy, wrapped in Flower's central-DP clipping when the scenario asks."""
+    num_clients = scenario.federation.num_clients
+    if accountant is None:
+        return build_strategy(scenario.strategy, num_clients)
+    inner = build_strategy(scenario.strategy, num_clients, weighted_by_key=central_dp.UNIT_WEIGHT)
+    return central_dp.wrap(inner, scenario, accountant)
+
+
+def central_accountant(settings: ServerSettings) -> RdpAccountant | None:
+    """Flower's accountant, continued from run.json on resume; over budget fails before round 1.
+
+    Checked before the run folder is touched, so a refused run leaves nothing half-written.
+    """
+    scenario = settings.scenario
+    if not scenario.central_dp.enabled:
+        return None
+    state, done = None, 0
+    if settings.resume:
+        info = RunRecorder(settings.run_dir, scenario, "").read_run_info() or {}
+        state = (info.get(central_dp.INFO_KEY) or {}).get("accountant_state")
+        found = latest_checkpoint(settings.run_dir)
+        done = found[0] if found else 0
+    accountant = central_dp.new_accountant(scenario, state)
+    central_dp.check_budget(scenario, accountant, scenario.federation.rounds - done)
+    return accountant
+
+
+def _recording_central_dp(
+    hook: Callable[[int, ArrayRecord], MetricRecord | None],
+    state: RunState,
+    accountant: RdpAccountant,
+) -> Callable[[int, ArrayRecord], MetricRecord | None]:
+    """After each round, run.json carries the client-level epsilon and the accountant state."""
+
+    def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        metrics = hook(server_round, arrays)
+        info = central_dp.run_info(state.settings.scenario, accountant)
+        state.recorder.update_info(**{central_dp.INFO_KEY: info})
+        return metrics
+
+    return end_of_round
 
 
 def start_run(settings: ServerSettings) -> RunState:

@@ -5,14 +5,15 @@ through to the wrapped strategy, while this layer (1) shifts round numbers so a 
 continues at round k+1, (2) when updates are sealed, signs the global model it sends and opens
 every sealed reply (a reply that fails to open is rejected with the seal's reason), (3) turns
 refusals, error replies and invalid updates into per-client rows and keeps them out of
-aggregation, and (4) hands the rows to the end-of-round hook. The wrapped strategy only ever
+aggregation, (4) lets the caller adjust the accepted replies (central DP weighs each site
+once), and (5) hands the rows to the end-of-round hook. The wrapped strategy only ever
 sees plain, validated replies, so FedAvg's reply checks and the robust strategies work as is.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -47,8 +48,10 @@ class RecordingStrategy(Strategy):
         round_offset: int = 0,
         max_update_norm: float | None = None,
         sealing: SealedTraffic | None = None,
+        before_aggregate: Callable[[list[Message]], None] | None = None,
     ) -> None:
         self.inner = inner
+        self.before_aggregate = before_aggregate
         self.round_offset = round_offset
         self.max_update_norm = max_update_norm
         self.sealing = sealing
@@ -74,6 +77,8 @@ class RecordingStrategy(Strategy):
         rnd = server_round + self.round_offset
         accepted, rows = self.screen(rnd, list(replies))
         self.pending_rows[rnd] = rows
+        if self.before_aggregate is not None:
+            self.before_aggregate(accepted)
         arrays, metrics = self.inner.aggregate_train(rnd, accepted)
         if arrays is not None and self._global is not None:
             arrays = with_dtypes_of(arrays, self._global)

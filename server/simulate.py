@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from fedmodel.errors import FedmodelError
-from server.federation import RoundCallback, ServerSettings
+from server.federation import RoundCallback, ServerSettings, central_accountant
 from server.records import RunRecorder, latest_checkpoint
 
 FLOWER_ENV = {
@@ -44,6 +44,7 @@ def simulate(settings: ServerSettings, *, verbose: bool = False) -> Path:
     quiet_flower_env()
     if settings.resume and latest_checkpoint(settings.run_dir) is None:
         raise SimulationError(f"{settings.run_dir}: --resume needs a checkpoint, none found")
+    central_accountant(settings)  # an over-budget central-DP run fails here, not mid-run
     settings.sim_nodes_dir = settings.sim_nodes_dir or settings.run_dir / "nodes"
     prepare_sim_nodes(settings.sim_nodes_dir, settings.scenario)
     _run_engine(settings, verbose=verbose)

@@ -15,15 +15,23 @@ from flwr.serverapp.strategy import (
 from fedmodel.config import StrategyConfig
 
 
-def build_strategy(cfg: StrategyConfig, num_clients: int) -> Strategy:
-    """Flower strategy for ``cfg``; evaluation is central (server-side), so clients skip it."""
+def build_strategy(
+    cfg: StrategyConfig, num_clients: int, *, weighted_by_key: str | None = None
+) -> Strategy:
+    """Flower strategy for ``cfg``; evaluation is central (server-side), so clients skip it.
+
+    ``weighted_by_key`` replaces FedAvg's ``num-examples`` weighting (central DP weighs every
+    site once; ``server/central_dp.py``).
+    """
     min_nodes = max(1, min(cfg.min_train_nodes, num_clients))
-    common = {
+    common: dict = {
         "fraction_train": cfg.fraction_train,
         "fraction_evaluate": 0.0,
         "min_train_nodes": min_nodes,
         "min_available_nodes": min_nodes,
     }
+    if weighted_by_key is not None:
+        common["weighted_by_key"] = weighted_by_key
     match cfg.name:
         case "fedavg":
             return FedAvg(**common)

@@ -23,6 +23,7 @@ from typing import Any
 from fedmodel.config import ConfigError, ScenarioConfig
 from fedmodel.io import atomic_write_text
 from fedmodel.scenarios import _toml_value, apply_overrides, load_scenario, scenario_to_toml
+from server import central_dp
 from server.deploy.config import ServerConfig
 from server.deploy.flower import CONNECTION, flower_bin, flower_env, write_connection
 from server.deploy.processes import ServiceError, read_pid_file
@@ -46,6 +47,10 @@ def submit_run(
     if read_pid_file(cfg.pid_file) is None:
         raise ServiceError(f"no SuperLink running on this host for this config ({cfg.pid_file})")
     scenario = deployment_scenario(cfg, request)
+    if scenario.central_dp.enabled:  # over budget: one line now, not a ServerApp failure later
+        central_dp.check_budget(
+            scenario, central_dp.new_accountant(scenario), scenario.federation.rounds
+        )
     run_dir = _new_run_dir(cfg, request, scenario)
     atomic_write_text(run_dir / "scenario.toml", scenario_to_toml(scenario))
     run_config = _run_config_file(cfg, scenario, run_dir)
