@@ -34,7 +34,7 @@ def simulate(
     verbose: Annotated[bool, typer.Option(help="show Flower and Ray logs")] = False,
 ) -> None:
     """Run a federated DP scenario and write its run folder."""
-    from server.federation import ServerSettings, resume_settings
+    from server.federation import ServerSettings, central_accountant, resume_settings
     from server.simulate import simulate as run
 
     console = Console()
@@ -62,6 +62,7 @@ def simulate(
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         settings = ServerSettings(scenario=cfg, run_dir=out or Path("runs") / f"{cfg.name}-{stamp}")
     settings.run_dir = settings.run_dir.resolve()
+    central_accountant(settings)  # an over-budget central-DP run: one line, before any display
     with _progress(console) as progress:
         task = progress.add_task("rounds", total=settings.scenario.federation.rounds)
 
@@ -75,7 +76,27 @@ def simulate(
         settings.on_round = on_round
         run_dir = run(settings, verbose=verbose)
     console.print(_summary_table(run_dir))
+    for line in idle_round_warnings(run_dir):
+        console.print(f"[yellow]warning:[/yellow] {line}")
     console.print(f"run folder: [bold]{run_dir}[/bold]")
+
+
+def idle_round_warnings(run_dir: Path) -> list[str]:
+    """Rounds in which no node's update was aggregated, with the nodes' own reasons.
+
+    A run whose every node refuses still "finishes" (the model simply never moves), so this is
+    said out loud: e.g. a no-DP scenario meets virtual nodes whose policy requires DP-SGD.
+    """
+    from server.records import read_metrics
+
+    warnings = []
+    for row in read_metrics(run_dir):
+        clients = row["clients"]
+        if row["round"] == 0 or any(c["status"] == "ok" for c in clients):
+            continue
+        reasons = sorted({f"{c['status']}: {c.get('reason')}" for c in clients}) or ["no replies"]
+        warnings.append(f"round {row['round']}: no update was aggregated ({'; '.join(reasons)})")
+    return warnings
 
 
 def _progress(console: Console) -> Progress:

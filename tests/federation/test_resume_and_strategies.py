@@ -71,3 +71,18 @@ def test_bad_scenario_file_is_one_line_exit_2(tmp_path):
 
     result = CliRunner().invoke(app, ["simulate", "no-such-scenario"])
     assert result.exit_code == 2 and "no-such-scenario" in result.output
+
+
+def test_simulate_says_when_every_node_refuses(tmp_path):
+    """Virtual nodes require DP-SGD by default: a no-DP scenario finishes with nothing trained."""
+    from fedmodel.scenarios import scenario_to_toml
+
+    path = tmp_path / "nodp.toml"
+    path.write_text(
+        scenario_to_toml(apply_overrides(small_tabular("fedavg"), {"dp.enabled": False}, "t"))
+    )
+    result = CliRunner().invoke(app, ["simulate", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # rich wraps long lines
+    assert text.count("warning:") == 1, result.output
+    assert "warning: round 1: no update was aggregated (refused: site policy requires DP" in text
