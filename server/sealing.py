@@ -51,7 +51,6 @@ from server import wire
 KEYS_DIR = "server-keys"
 EXCHANGE_FILE = "server.x25519"
 SIGNING_FILE = "server.ed25519"
-REGISTERED_SUFFIX = keyfiles.SIGNING_SUFFIX + keyfiles.PUBLIC_SUFFIX  # "<node>.ed25519.pub"
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +126,11 @@ def _load_exchange_key(path: Path) -> X25519PrivateKey:
 
 def signers_from_directory(directory: Path) -> dict[str, Ed25519PublicKey]:
     """Deployment registry: ``<dir>/<node>.ed25519.pub`` for every registered node."""
-    directory = Path(directory)
-    files = sorted(directory.glob(f"*{REGISTERED_SUFFIX}")) if directory.is_dir() else []
-    if not files:
-        raise ConfigError(f"{directory}: no registered node keys (*{REGISTERED_SUFFIX})")
-    return {p.name.removesuffix(REGISTERED_SUFFIX): _verify_key(p) for p in files}
+    try:
+        files = keyfiles.registered_verify_keys(directory)
+    except KeyFileError as err:
+        raise ConfigError(str(err)) from None
+    return {name: _verify_key(path) for name, path in files.items()}
 
 
 def signers_from_sim_nodes(nodes_dir: Path) -> dict[str, Ed25519PublicKey]:

@@ -1,6 +1,7 @@
 """``fedmodel report``: the compliance report of one run folder.
 
-Registered by the CLI app as ``fedmodel report RUN_DIR [--ledgers DIR ...] [--out DIR]``.
+Registered by the CLI app as
+``fedmodel report RUN_DIR [--ledgers DIR ...] [--keys REGISTRY] [--out DIR]``.
 A broken ledger, a missing run folder or metrics file is a ``FedmodelError``: one line on
 stderr, exit code 2, and no report files written.
 """
@@ -32,12 +33,20 @@ def report(
         Path | None,
         typer.Option("--out", help="Output folder; default RUN_DIR/report."),
     ] = None,
+    keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--keys",
+            help="The coordinator's registry of node keys (<node>.ed25519.pub): verify every "
+            "ledger with its node's registered key instead of a key on the site's disk.",
+        ),
+    ] = None,
 ) -> None:
     """Verify every ledger, recompute and cross-check each site's epsilon, write HTML/PDF/JSON."""
     from fedmodel.report import build_report  # heavy (matplotlib, reportlab): load on use
 
     out_dir = out if out is not None else run_dir / "report"
-    files = build_report(run_dir, out_dir, ledgers or None)
+    files = build_report(run_dir, out_dir, ledgers or None, registered_keys=keys)
     rep = files.report
     exceeded = [c.node for c in rep.clients if c.budget_exceeded]
     typer.echo(

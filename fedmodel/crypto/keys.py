@@ -106,6 +106,22 @@ def load_verify_key(path: str | os.PathLike[str]) -> ed25519.Ed25519PublicKey:
     return _load_public(path, ed25519.Ed25519PublicKey, "Ed25519")
 
 
+REGISTERED_SUFFIX = SIGNING_SUFFIX + PUBLIC_SUFFIX  # a registry holds "<node>.ed25519.pub"
+
+
+def registered_verify_keys(directory: str | os.PathLike[str]) -> dict[str, Path]:
+    """The coordinator's registry of node signing keys: ``<dir>/<node>.ed25519.pub``.
+
+    The one place that knows the registry layout: the ServerApp checks sealed updates against it,
+    and the compliance report checks ledgers against it (keys the sites' own disks cannot swap).
+    """
+    root = Path(directory)
+    files = sorted(root.glob(f"*{REGISTERED_SUFFIX}")) if root.is_dir() else []
+    if not files:
+        raise KeyFileError(f"{root}: no registered node keys (*{REGISTERED_SUFFIX})")
+    return {p.name.removesuffix(REGISTERED_SUFFIX): p for p in files}
+
+
 def save_public_key(key: Any, path: str | os.PathLike[str], *, force: bool = False) -> Path:
     """Write a public key as PEM (e.g. a ledger's ``signer.pub``), never replacing one silently."""
     target = Path(path)

@@ -38,12 +38,15 @@ def build_report(
     ledgers: Sequence[Path] | None = None,
     *,
     tolerance: float = DEFAULT_TOLERANCE,
+    registered_keys: Path | None = None,
 ) -> ReportFiles:
     """Verify the ledgers, compute the report and write report.{html,pdf,json} + plots/*.png."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ReportError(f"--out {out_dir}: exists and is not a folder")
-    report = collect_report(Path(run_dir), ledgers, tolerance=tolerance)
+    report = collect_report(
+        Path(run_dir), ledgers, tolerance=tolerance, registered_keys=registered_keys
+    )
     plots = render_plots(report)
     payloads = {
         "report.json": render_json(report).encode("utf-8"),

@@ -9,7 +9,7 @@ copied from what the site or the server wrote down; the recorded values are only
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,13 @@ from fedmodel.report.audit import audit_summary, audit_warnings
 from fedmodel.report.crosscheck import DEFAULT_TOLERANCE, cross_check
 from fedmodel.report.errors import ReportError
 from fedmodel.report.evidence import Evidence, TrainedRound, agrees, gather_evidence
-from fedmodel.report.ledgers import VerifiedLedger, find_ledgers, load_cap, verify
+from fedmodel.report.ledgers import (
+    VerifiedLedger,
+    find_ledgers,
+    load_cap,
+    load_registry,
+    verify,
+)
 from fedmodel.report.model import (
     SCHEMA_VERSION,
     Budget,
@@ -51,12 +57,18 @@ def collect_report(
     ledgers: Sequence[Path] | None = None,
     *,
     tolerance: float = DEFAULT_TOLERANCE,
+    registered_keys: Path | None = None,
 ) -> Report:
-    """Build the report model for ``run_dir``; ``ledgers`` overrides ``RUN_DIR/nodes`` discovery."""
+    """Build the report model for ``run_dir``; ``ledgers`` overrides ``RUN_DIR/nodes`` discovery.
+
+    ``registered_keys``: the coordinator's registry (``<node>.ed25519.pub``); every ledger must
+    then verify under its node's registered key, not a key found on the site's own disk.
+    """
     run_dir = Path(run_dir)
     records = read_run(run_dir)
     rows = client_rows(records.rounds)
-    verified = verify_all(find_ledgers(run_dir, ledgers), rows)
+    registry = load_registry(registered_keys) if registered_keys is not None else None
+    verified = verify_all(find_ledgers(run_dir, ledgers), rows, registry)
     accountant = str(records.dp.get("accountant", "prv"))
     evidence = gather_evidence(records.run_id, rows, verified, accountant)
     clients = [build_client(run_dir, ev, records.dp, accountant, tolerance) for ev in evidence]
@@ -85,12 +97,14 @@ def collect_report(
     )
 
 
-def verify_all(paths: list[Path], rows: ClientRows) -> dict[str, VerifiedLedger]:
+def verify_all(
+    paths: list[Path], rows: ClientRows, registry: Mapping[str, Path] | None = None
+) -> dict[str, VerifiedLedger]:
     """Verify every ledger before any is used; two ledgers claiming one node is also an error."""
     heads = heads_by_node(rows)
     out: dict[str, VerifiedLedger] = {}
     for path in paths:
-        ledger = verify(path, heads)
+        ledger = verify(path, heads, registry)
         if ledger.node in out:
             raise ReportError(
                 f"ledger {path}: node {ledger.node} already has ledger {out[ledger.node].path}"
@@ -254,7 +268,9 @@ def central_dp(records: RunRecords, tolerance: float) -> CentralDP:
         check = cross_check(history, delta, tolerance=tolerance)
     return CentralDP(
         used=True,
-        settings={k: v for k, v in cdp.items() if k not in ("epsilon", "delta")},
+        settings={
+            k: v for k, v in cdp.items() if k not in ("epsilon", "delta", "accountant_state")
+        },
         epsilon=_positive(cdp.get("epsilon")),
         delta=delta,
         crosscheck=check,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedmodel.crypto.keys import registered_verify_keys
 from fedmodel.errors import FedmodelError
 from fedmodel.privacy.ledger import LEDGER_FILE, LedgerEntry, VerifyReport, verify_ledger
 from fedmodel.report.errors import ReportError
@@ -71,20 +72,30 @@ def find_ledgers(run_dir: Path, given: Sequence[Path] | None = None) -> list[Pat
     return sorted(dict.fromkeys(p.resolve() for p in found))
 
 
-def verify(path: Path, heads_by_node: Mapping[str, Sequence[Head]]) -> VerifiedLedger:
+def verify(
+    path: Path,
+    heads_by_node: Mapping[str, Sequence[Head]],
+    registry: Mapping[str, Path] | None = None,
+) -> VerifiedLedger:
     """Verify one ledger with the node's key, then again against the heads the server saw.
 
     The node is only known from the ledger itself, so the first pass finds it (and already
-    fails on a broken chain); the second adds that node's server-recorded heads.
+    fails on a broken chain); the second adds that node's server-recorded heads and, given the
+    coordinator's ``registry``, swaps the site's key for the one the coordinator registered: a
+    site that re-signed its ledger with a new key (and replaced ``signer.pub``) fails there.
     """
     node_file = find_node_file(near_ledger(path))
     key = node_file.public_key if node_file else None
     result = _checked(path, key, None)
-    heads = list(heads_by_node.get(result.node or "", ()))
-    if heads:
-        result = _checked(path, key, heads)
     if not result.node:
         raise ReportError(f"ledger {path}: empty, no entries to report")
+    if registry is not None:
+        key = registry.get(result.node)
+        if key is None:
+            raise ReportError(f"ledger {path}: node {result.node} has no key in the registry")
+    heads = list(heads_by_node.get(result.node, ()))
+    if heads or registry is not None:
+        result = _checked(path, key, heads)
     return VerifiedLedger(
         path=path,
         node=result.node,
@@ -96,6 +107,14 @@ def verify(path: Path, heads_by_node: Mapping[str, Sequence[Head]]) -> VerifiedL
         heads_checked=result.heads_checked,
         node_file=node_file,
     )
+
+
+def load_registry(directory: Path) -> dict[str, Path]:
+    """``--keys DIR``: the coordinator's ``<node>.ed25519.pub`` files, by node name."""
+    try:
+        return registered_verify_keys(directory)
+    except FedmodelError as err:
+        raise ReportError(f"--keys {err}") from None
 
 
 def _checked(path: Path, key: Path | None, heads: list[Head] | None) -> VerifyReport:

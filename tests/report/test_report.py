@@ -173,3 +173,53 @@ def test_explicit_ledgers_path_without_ledger_exit_2(run_dir: Path, tmp_path: Pa
     empty.mkdir()
     result = invoke(str(run_dir), "--ledgers", str(empty), "--out", str(out))
     _assert_refused(result, out, "--ledgers", "no ledger.jsonl")
+
+
+def _registry(run_dir: Path, root: Path) -> Path:
+    """What the coordinator holds: each site's signing key as registered at enrolment."""
+    registry = root / "registry"
+    registry.mkdir()
+    for site in SITES:
+        pub = run_dir / "nodes" / site.node / "keys" / "signing.ed25519.pub"
+        shutil.copy(pub, registry / f"{site.node}.ed25519.pub")
+    return registry
+
+
+def test_registered_keys_verify_every_ledger(run_dir: Path, tmp_path: Path) -> None:
+    registry = _registry(run_dir, tmp_path)
+    out = tmp_path / "out"
+    result = invoke(str(run_dir), "--keys", str(registry), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    clients = {c["node"]: c for c in json.loads((out / "report.json").read_text())["clients"]}
+    for site in SITES:
+        assert (
+            str(registry / f"{site.node}.ed25519.pub") in clients[site.node]["ledger"]["key_source"]
+        )
+
+
+def test_a_ledger_signed_by_another_key_than_registered_stops_the_report(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """The site's disk says one key (node.toml, signer.pub); the coordinator registered another."""
+    from fedmodel.crypto.keys import generate_signing_key, save_public_key
+
+    registry = _registry(run_dir, tmp_path)
+    target = registry / "node-1.ed25519.pub"
+    target.unlink()
+    save_public_key(generate_signing_key().public_key(), target)
+    out = tmp_path / "out"
+    result = invoke(str(run_dir), "--keys", str(registry), "--out", str(out))
+    _assert_refused(result, out, "node-1", "bad-signature")
+
+    target.unlink()
+    _assert_refused(
+        invoke(str(run_dir), "--keys", str(registry), "--out", str(out)),
+        out,
+        "node-1",
+        "no key in the registry",
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _assert_refused(
+        invoke(str(run_dir), "--keys", str(empty), "--out", str(out)), out, "--keys", "registered"
+    )
