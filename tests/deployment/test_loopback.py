@@ -38,6 +38,7 @@ from server.deploy.loopback import kill_group, loopback, start, wait_for_count
 from server.deploy.submit import RunRequest, submit_run
 from server.records import read_metrics
 from server.sealing import load_server_keys
+from tests.sealing.relay_scan import assert_relay_never_saw_plaintext
 
 ROUND_TIMEOUT = 30.0  # a legit round takes 2-15 s here, depending on how loaded the host is
 START_TIMEOUT = 240.0
@@ -245,3 +246,12 @@ def test_status_and_stop_commands(story):
     assert story["node_0_exit"] == 0  # SIGTERM: a clean stop, not a failure for systemd
     assert "stopped SuperLink supervisor" in story["server_stop"]
     assert story["server_exit"] == 0
+
+
+def test_relay_database_holds_no_plaintext_of_the_sealed_run(story):
+    """Every byte of the SuperLink's state (SQLite keeps freed pages): run C's plain reply is
+    there, as the positive control; run B's sealed payloads never are."""
+    dep = story["dep"]
+    assert story["server_exit"] == 0  # the database is closed and complete
+    state = dep.root / "coordinator" / "state"
+    assert_relay_never_saw_plaintext(state, dep.run_dir("b"), dep.run_dir("c"))
