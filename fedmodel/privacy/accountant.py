@@ -8,6 +8,7 @@ fresh ``PrivacyEngine`` per round would report one round only.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
@@ -66,7 +67,20 @@ def epsilon_from_history(
         return 0.0
     if accountant == "prv" and min(nm for nm, _, _ in entries) < PRV_MIN_NOISE:
         accountant = "rdp"
-    acc = _make_accountant(accountant)
+    if accountant not in ("prv", "rdp"):
+        raise AccountingError(f"dp.accountant: unknown accountant {accountant!r} (prv or rdp)")
+    return _epsilon_of(tuple(entries), float(delta), accountant)
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon_of(entries: tuple[HistoryEntry, ...], delta: float, accountant: str) -> float:
+    """The accountant's answer, remembered: a pure function of its arguments.
+
+    One training round asks for the same history's epsilon up to four times (the budget's
+    projection, the training result, the ledger entry, the reply), and PRV takes 0.2-1 s each;
+    a node's next round starts from the history this one ended with. Exceptions are not cached.
+    """
+    acc = _make_accountant(accountant)  # type: ignore[arg-type]
     acc.history = list(entries)
     return float(acc.get_epsilon(delta=delta))
 
