@@ -20,7 +20,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
@@ -29,13 +28,13 @@ from clients.node_config import NODE_FILE, load_node_config
 from fedmodel.config import ConfigError
 from fedmodel.crypto import keys as keyfiles
 from fedmodel.crypto.keys import (
-    PRIVATE_MODE,
     KeyFileError,
     fingerprint,
+    load_exchange_key,
     load_signing_key,
     load_verify_key,
     public_path,
-    save_public_key,
+    save_exchange_key,
     save_signing_key,
 )
 from fedmodel.crypto.seal import (
@@ -45,7 +44,6 @@ from fedmodel.crypto.seal import (
     sign_global,
     state_dict_to_bytes,
 )
-from fedmodel.io import atomic_write_bytes
 from server import wire
 
 KEYS_DIR = "server-keys"
@@ -86,8 +84,8 @@ def ensure_server_keys(directory: Path) -> ServerKeys:
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     exchange_path, signing_path = directory / EXCHANGE_FILE, directory / SIGNING_FILE
-    if not exchange_path.exists():
-        _save_exchange_key(X25519PrivateKey.generate(), exchange_path)
+    if not exchange_path.exists():  # force: without its private half, a stale .pub is garbage
+        save_exchange_key(X25519PrivateKey.generate(), exchange_path, force=True)
     if not signing_path.exists():
         save_signing_key(Ed25519PrivateKey.generate(), signing_path)
     return load_server_keys(directory)
@@ -97,28 +95,11 @@ def load_server_keys(directory: Path) -> ServerKeys:
     """Read both keys (deployment: a folder only the ServerApp's account can read)."""
     directory = Path(directory)
     try:
-        exchange = _load_exchange_key(directory / EXCHANGE_FILE)
+        exchange = load_exchange_key(directory / EXCHANGE_FILE)
         signing = load_signing_key(directory / SIGNING_FILE)
     except KeyFileError as err:
         raise ConfigError(f"server keys: {err}") from None
     return ServerKeys(exchange=exchange, signing=signing, directory=directory)
-
-
-def _save_exchange_key(key: X25519PrivateKey, path: Path) -> None:
-    """PEM PKCS#8, 0600, public half beside it (written first, as keys.py does)."""
-    save_public_key(key.public_key(), public_path(path), force=True)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    atomic_write_bytes(path, pem, mode=PRIVATE_MODE)
-
-
-def _load_exchange_key(path: Path) -> X25519PrivateKey:
-    # keys.py has no public X25519 loader yet; its private one keeps the permission check and
-    # error messages identical to every other key file.
-    return keyfiles._load_private(path, X25519PrivateKey, "X25519")
 
 
 # --- registered node keys ------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 
 from fedmodel.errors import FedmodelError
 from fedmodel.io import atomic_write_bytes
@@ -104,6 +104,21 @@ def load_signing_key(path: str | os.PathLike[str]) -> ed25519.Ed25519PrivateKey:
 def load_verify_key(path: str | os.PathLike[str]) -> ed25519.Ed25519PublicKey:
     """Read an Ed25519 public key (PEM, or an OpenSSH ``ssh-ed25519`` line)."""
     return _load_public(path, ed25519.Ed25519PublicKey, "Ed25519")
+
+
+def save_exchange_key(
+    key: x25519.X25519PrivateKey, path: str | os.PathLike[str], *, force: bool = False
+) -> Path:
+    """The ServerApp's X25519 key for sealed updates: PEM PKCS#8 (0600) and ``path.pub``."""
+    private = Path(path)
+    _refuse_overwrite([private, public_path(private)], force)
+    _write_key_pair(private, _pem_private(key), _pem_public(key.public_key()))
+    return private
+
+
+def load_exchange_key(path: str | os.PathLike[str]) -> x25519.X25519PrivateKey:
+    """Read an X25519 private key with the same permission and type checks as every key file."""
+    return _load_private(path, x25519.X25519PrivateKey, "X25519")
 
 
 REGISTERED_SUFFIX = SIGNING_SUFFIX + PUBLIC_SUFFIX  # a registry holds "<node>.ed25519.pub"

@@ -181,3 +181,21 @@ def test_cli_keys_node(tmp_path):
     assert again.stderr.count("\n") == 1 and "already exists" in again.stderr
     forced = runner.invoke(keys_app, ["node", "hospital-a", str(tmp_path), "--force"])
     assert forced.exit_code == 0, forced.output
+
+
+def test_exchange_key_round_trip_and_refusals(tmp_path, identity):
+    """The ServerApp's X25519 key: the same file rules as every other private key."""
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    from fedmodel.crypto.keys import load_exchange_key, save_exchange_key
+
+    key = x25519.X25519PrivateKey.generate()
+    path = save_exchange_key(key, tmp_path / "server.x25519")
+    assert _mode(path) == 0o600 and public_path(path).is_file()
+    assert load_exchange_key(path).public_key().public_bytes_raw() == (
+        key.public_key().public_bytes_raw()
+    )
+    _one_line_error(save_exchange_key, key, path, match="already exists")
+    _one_line_error(load_exchange_key, identity.signing_key, match="expected an X25519")
+    path.chmod(0o644)
+    _one_line_error(load_exchange_key, path, match="too open")
