@@ -3,13 +3,16 @@
 Question answered: how many seconds does a deployment round spend beyond training and
 evaluating, with Flower's stock node runtime and with fedmodel's (warm ClientApp launcher,
 0.5 s idle SuperNode poll, 0.2 s ServerApp reply poll), with TLS + node authentication and
-without? Three loopback deployments run in this one process, one after another, on the same
+without, and with sealed updates on top? Four loopback deployments run in this one process,
+one after another, on the same
 tiny workload (2 SuperNodes, breast-cancer table, 16-unit MLP, DP-SGD sigma 1.0), so the
 rounds are dominated by what the runtime adds:
 
 * ``stock``            TLS + auth; Flower's SuperExec (a fresh ``flwr-clientapp`` process per
                        task, re-importing torch/Opacus) and its 3 s idle poll.
 * ``fedmodel_tls_auth`` TLS + auth; fedmodel's node runtime.
+* ``fedmodel_tls_auth_sealed`` the same plus sealed updates (nodes pin the ServerApp's keys;
+                       each update is AES-GCM sealed and Ed25519 signed, the global model signed).
 * ``fedmodel_insecure`` the same without TLS or node authentication.
 
 Compute per round = the slower node's ClientApp work (policy, ledger and privacy accounting,
@@ -46,16 +49,18 @@ import torch  # noqa: E402
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
 
 from clients.client_app import app as client_app  # noqa: E402
+from clients.sealing import write_pin  # noqa: E402
 from fedmodel.config import ScenarioConfig  # noqa: E402
 from fedmodel.data import load_dataset  # noqa: E402
 from fedmodel.io import atomic_write_json  # noqa: E402
 from fedmodel.models import build_model  # noqa: E402
-from fedmodel.scenarios import scenario_to_toml, tiny_tabular  # noqa: E402
+from fedmodel.scenarios import apply_overrides, scenario_to_toml, tiny_tabular  # noqa: E402
 from fedmodel.training import evaluate  # noqa: E402
 from server import wire  # noqa: E402
 from server.deploy.config import load_server_config  # noqa: E402
 from server.deploy.loopback import Federation, kill_group, loopback, start, wait_for_count  # noqa: E402
 from server.deploy.submit import RunRequest, submit_run  # noqa: E402
+from server.sealing import load_server_keys  # noqa: E402
 
 NODES = ["node-0", "node-1"]
 TASK_WALL = re.compile(r"task \d+ finished in ([0-9.]+)s")
@@ -78,8 +83,11 @@ PHASES = {  # name: (from mark, to mark)
 MODES: dict[str, dict[str, Any]] = {
     "stock": {"deployment": {"*": {"warm_launcher": False, "poll_interval": 3.0}}},
     "fedmodel_tls_auth": {},
+    "fedmodel_tls_auth_sealed": {},  # + end-to-end sealed updates and a signed global model
     "fedmodel_insecure": {"insecure": True},
 }
+SEALED_MODES = {"fedmodel_tls_auth_sealed"}
+SEALED_SCENARIO = "scenario-sealed.toml"
 
 
 def scenario() -> ScenarioConfig:
@@ -151,6 +159,9 @@ def run_mode(name: str, root: Path, scenario_path: Path, rounds: int) -> dict[st
         server_log = fed.root / "server.out"
         procs.append(start(["server", "start", "--config", str(fed.server_toml)], server_log))
         wait_for_count(server_log, "SuperLink ready", 1, 300, procs[0])
+        if name in SEALED_MODES:
+            pin_nodes(fed)
+            scenario_path = scenario_path.with_name(SEALED_SCENARIO)
         for node in NODES:
             procs.append(start(["node", "start", "--config", str(fed.node_toml(node))],
                                fed.root / f"{node}.out"))  # fmt: skip
@@ -184,6 +195,13 @@ def run_mode(name: str, root: Path, scenario_path: Path, rounds: int) -> dict[st
         "launcher_task_walls_s": tasks,  # warm modes: pull + FAB + ClientApp + push, per task
         "node_phases_median_s": node_phases(logs),
     }
+
+
+def pin_nodes(fed: Federation) -> None:
+    """What each site does once with the fingerprints the coordinator reads out to it."""
+    keys = load_server_keys(load_server_config(fed.server_toml).server_keys_dir)
+    for node in NODES:
+        write_pin(fed.node_toml(node).parent, keys.exchange_fingerprint, keys.verify_key_path)
 
 
 def node_phases(logs: list[str]) -> dict[str, float]:
@@ -256,6 +274,8 @@ def main() -> None:
         root = Path(tmp)
         scenario_path = root / "scenario.toml"
         scenario_path.write_text(scenario_to_toml(cfg))
+        sealed = apply_overrides(cfg, {"security.sealed_updates": True}, "benchmark")
+        (root / SEALED_SCENARIO).write_text(scenario_to_toml(sealed))
         compute_nodes = loopback(root / "compute", NODES, NODES)
 
         def probe() -> dict[str, Any]:
@@ -271,6 +291,7 @@ def main() -> None:
         "overhead_s": overheads["fedmodel_tls_auth"],
         "stock_flower_overhead_s": overheads["stock"],
         "insecure_overhead_s": overheads["fedmodel_insecure"],
+        "sealed_overhead_s": overheads["fedmodel_tls_auth_sealed"],
         "modes": modes,
         "workload": "2 SuperNodes on 127.0.0.1, breast-cancer, MLP[16], DP-SGD sigma 1.0, batch 32",
         "machine": machine(),
@@ -279,6 +300,7 @@ def main() -> None:
     atomic_write_json(args.out, results)
     print(
         f"overhead per round: fedmodel {results['overhead_s']} s (TLS+auth), "
+        f"{results['sealed_overhead_s']} s (TLS+auth+sealed), "
         f"{results['insecure_overhead_s']} s (insecure); "
         f"stock {results['stock_flower_overhead_s']} s"
     )

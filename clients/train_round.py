@@ -302,14 +302,17 @@ def refuse(session: NodeSession, reason: str, projected: float | None = None) ->
     ledger = session.ledger
     if projected is None:
         projected = ledger.epsilon(session.request.scenario.dp.delta)
-    ledger.append_refusal(
+    entry = ledger.append_refusal(
         run_id=session.request.run_id,
         round=session.request.round,
         reason=reason,
         projected_epsilon=projected,
     )
     head = ledger.head()
-    return Refused(wire.refusal_record(session.node.name, reason, projected, head.hash, head.count))
+    line = ledger.signed_line(entry.hash)
+    return Refused(
+        wire.refusal_record(session.node.name, reason, projected, head.hash, head.count, line)
+    )
 
 
 def dataset_input_shape(scenario: ScenarioConfig) -> tuple[int, ...]:

@@ -118,6 +118,11 @@ class RecordingStrategy(Strategy):
             return {"node": f"flower-{src}", "status": "error", "reason": reason}
         claimed = wire.claimed_node(msg.content, src)
         if wire.REFUSAL in msg.content:
+            if self.sealing is not None:
+                try:
+                    self.sealing.check_refusal(msg.content, rnd)
+                except SealError as err:
+                    return {"node": claimed, "status": "rejected", "reason": seal_reason(err)}
             return _row_or_rejection(msg, claimed)
         message_id = None
         if self.sealing is not None:

@@ -27,6 +27,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from clients.node_config import NODE_FILE, load_node_config
 from fedmodel.config import ConfigError
 from fedmodel.crypto import keys as keyfiles
+from fedmodel.crypto.chain import ChainError, verify_entry
 from fedmodel.crypto.keys import (
     KeyFileError,
     fingerprint,
@@ -192,6 +193,33 @@ class SealedTraffic:
                 "malformed", f"payload names node {named!r}, envelope signed by {opened.node_id!r}"
             )
         return OpenedReply(plain, opened.node_id, opened.message_id)
+
+    def check_refusal(self, content: RecordDict, rnd: int) -> None:
+        """A refusal in a sealed run must be the claimed node's own signed ledger entry for
+        this run and round; otherwise a relay could make a site look as if it refused."""
+        record = content[wire.REFUSAL]
+        node = str(record.get("node"))
+        key = self.signers.get(node)
+        if key is None:
+            raise SealError("unknown-signer", f"refusal names unregistered node {node!r}")
+        line = record.get(wire.LEDGER_ENTRY)
+        if not isinstance(line, str):
+            raise SealError("malformed", "refusal carries no signed ledger entry")
+        try:
+            entry = verify_entry(line, key)
+        except ChainError as err:
+            raise SealError("bad-signature", f"refusal's ledger entry: {err}") from None
+        body = entry.body
+        if body.get("kind") != "refusal" or body.get("node") != node:
+            raise SealError(
+                "malformed", f"ledger entry is a {body.get('kind')!r} of {body.get('node')!r}"
+            )
+        if body.get("run_id") != self.run_id:
+            raise SealError("wrong-run", f"refusal is for run {body.get('run_id')!r}")
+        if body.get("round") != rnd:
+            raise SealError("wrong-round", f"refusal is for round {body.get('round')!r}, not {rnd}")
+        if body.get("reason") != record.get("reason") or entry.hash != record.get("ledger-hash"):
+            raise SealError("tampered", "refusal differs from the node's signed ledger entry")
 
 
 def seal_reason(err: SealError) -> str:

@@ -48,6 +48,7 @@ NODE = "node"
 REFUSAL = "refusal"
 SEALED = "sealed"
 ENVELOPE = "envelope"
+LEDGER_ENTRY = "ledger-entry"  # in a refusal: the node's signed ledger line for it
 
 # the tensor that carries metrics and node record inside a sealed payload; a dunder name cannot
 # collide with a module's parameter names
@@ -60,8 +61,15 @@ METRIC_KEYS = (
 
 
 def refusal_record(
-    node: str, reason: str, projected_epsilon: float, ledger_hash: str, ledger_count: int
+    node: str,
+    reason: str,
+    projected_epsilon: float,
+    ledger_hash: str,
+    ledger_count: int,
+    ledger_entry: str,
 ) -> RecordDict:
+    """A refusal carries the node's signed ledger entry for it, so a run that authenticates its
+    nodes (sealed updates) can tell a node's refusal from one a relay made up."""
     return RecordDict(
         {
             REFUSAL: ConfigRecord(
@@ -71,6 +79,7 @@ def refusal_record(
                     "projected-epsilon": float(projected_epsilon),
                     "ledger-hash": ledger_hash,
                     "ledger-count": int(ledger_count),
+                    LEDGER_ENTRY: ledger_entry,
                 }
             )
         }

@@ -298,6 +298,21 @@ def _check_entry(
     return None
 
 
+def verify_entry(line: str | bytes, public_key: ed25519.Ed25519PublicKey) -> ChainEntry:
+    """One entry taken out of its chain (e.g. a ledger's refusal sent to the server): its content
+    hash and its signature by ``public_key``. Its place in the chain is not checked here; the
+    chain's head, which the server records, is what binds it there."""
+    raw = line.encode("utf-8") if isinstance(line, str) else line
+    entry = _parse_entry(raw)
+    if isinstance(entry, str):
+        raise ChainError(f"not a chain entry: {entry}")
+    expected = fingerprint(public_key)
+    problem = _check_entry(entry.seq, entry, entry.prev, public_key, expected)
+    if problem is not None:
+        raise ChainError(f"{problem.kind}: {problem.detail}")
+    return entry
+
+
 def _signature_ok(entry: ChainEntry, public_key: ed25519.Ed25519PublicKey) -> bool:
     try:
         sig = base64.b64decode(entry.sig, validate=True)

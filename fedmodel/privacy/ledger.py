@@ -186,6 +186,18 @@ class Ledger:
         """Head of the verified ledger: what the client sends with every reply."""
         return head_of(self.entries())
 
+    def signed_line(self, entry_hash: str) -> str:
+        """The stored, signed line of one verified entry: a refusal travels to the server as it
+        is, so the server can check the node's signature on it (``server/sealing.py``)."""
+        try:
+            verification = self._chain.verify()
+        except ChainError as err:
+            raise LedgerError(str(err)) from None
+        for entry in verification.entries:
+            if entry.hash == entry_hash:
+                return entry.to_line()
+        raise LedgerError(f"{self.path}: no sound entry with hash {entry_hash[:16]}…")
+
     # --- writing ---------------------------------------------------------------------------------
 
     def append_round(

@@ -129,3 +129,40 @@ def test_outgoing_model_is_signed_for_the_round_and_not_sent_plain(federation):
         blob = msg.content[wire.SIGNED_GLOBAL][wire.BLOB]
         payload = verify_global(blob, federation.keys.signing.public_key(), RUN_ID, 3)
         assert set(state_dict_from_bytes(payload)) == {"w", "b"}
+
+
+def _refusal(federation, tmp_path, node: str, rnd: int, *, run_id: str = RUN_ID, key=None):
+    """What a node sends when it declines: its real ledger's signed refusal entry."""
+    from fedmodel.privacy.ledger import Ledger
+
+    folder = tmp_path / f"ledger-{len(list(tmp_path.iterdir()))}"  # one per reply
+    ledger = Ledger(folder, key or federation.node_keys[node], node=node)
+    entry = ledger.append_refusal(run_id, rnd, "epsilon cap reached", 2.5)
+    head = ledger.head()
+    line = ledger.signed_line(entry.hash)
+    return wire.refusal_record(node, "epsilon cap reached", 2.5, head.hash, head.count, line)
+
+
+def test_a_signed_refusal_is_recorded_and_a_forged_one_rejected(federation, tmp_path):
+    """In a sealed run a refusal counts only as the node's own signed ledger entry."""
+    genuine = _refusal(federation, tmp_path, "node-0", 1)
+    stranger = _refusal(federation, tmp_path, "node-1", 1, key=Ed25519PrivateKey.generate())
+    replayed = _refusal(federation, tmp_path, "node-0", 2)  # a real refusal, another round
+    other_run = _refusal(federation, tmp_path, "node-1", 1, run_id="run-b")
+    edited = _refusal(federation, tmp_path, "node-0", 1)
+    edited[wire.REFUSAL]["reason"] = "site policy requires DP-SGD"  # what the relay wants seen
+    bare = _refusal(federation, tmp_path, "node-1", 1)
+    del bare[wire.REFUSAL][wire.LEDGER_ENTRY]
+    replies = [genuine, stranger, replayed, other_run, edited, bare]
+    _, rows = federation.screen(
+        1, [Message(r, reply_to=federation.request(1, dst=i + 1)) for i, r in enumerate(replies)]
+    )
+    assert statuses(rows) == [
+        ("node-0", "refused", "epsilon cap reached"),
+        ("node-1", "rejected", "bad-signature"),
+        ("node-0", "rejected", "wrong-round"),
+        ("node-1", "rejected", "wrong-run"),
+        ("node-0", "rejected", "tampered"),
+        ("node-1", "rejected", "malformed"),
+    ]
+    assert rows[0]["ledger_head"]["hash"] == genuine[wire.REFUSAL]["ledger-hash"]
