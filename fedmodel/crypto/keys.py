@@ -90,10 +90,7 @@ def save_signing_key(
     key: ed25519.Ed25519PrivateKey, path: str | os.PathLike[str], *, force: bool = False
 ) -> Path:
     """Write ``path`` (PEM PKCS#8, 0600) and ``path.pub`` (PEM); returns the private path."""
-    private = Path(path)
-    _refuse_overwrite([private, public_path(private)], force)
-    _write_key_pair(private, _pem_private(key), _pem_public(key.public_key()))
-    return private
+    return _save_pem_pair(key, path, force)
 
 
 def load_signing_key(path: str | os.PathLike[str]) -> ed25519.Ed25519PrivateKey:
@@ -110,10 +107,7 @@ def save_exchange_key(
     key: x25519.X25519PrivateKey, path: str | os.PathLike[str], *, force: bool = False
 ) -> Path:
     """The ServerApp's X25519 key for sealed updates: PEM PKCS#8 (0600) and ``path.pub``."""
-    private = Path(path)
-    _refuse_overwrite([private, public_path(private)], force)
-    _write_key_pair(private, _pem_private(key), _pem_public(key.public_key()))
-    return private
+    return _save_pem_pair(key, path, force)
 
 
 def load_exchange_key(path: str | os.PathLike[str]) -> x25519.X25519PrivateKey:
@@ -247,6 +241,13 @@ def _refuse_overwrite(paths: list[Path], force: bool) -> None:
     for p in paths:
         if p.exists() or p.is_symlink():
             raise KeyFileError(f"{p}: key file already exists; pass --force to replace it")
+
+
+def _save_pem_pair(key: Any, path: str | os.PathLike[str], force: bool) -> Path:
+    private = Path(path)
+    _refuse_overwrite([private, public_path(private)], force)
+    _write_key_pair(private, _pem_private(key), _pem_public(key.public_key()))
+    return private
 
 
 def _write_key_pair(private: Path, private_bytes: bytes, public_bytes: bytes) -> None:
