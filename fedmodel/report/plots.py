@@ -28,13 +28,18 @@ def epsilon_plot(clients: list[ClientReport]) -> bytes:
     """Cumulative epsilon per site per round, its cap dashed in the same colour, refusals as x."""
     fig, ax = _figure()
     colours = _palette(len(clients))
-    for client, colour in zip(clients, colours, strict=True):
+    for i, (client, colour) in enumerate(zip(clients, colours, strict=True)):
         points = sorted((p.round, p.epsilon) for p in client.epsilon_by_round)
         if points:
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, color=colour, label=client.node)
+            # earlier sites drawn wider underneath: sites that spent the same epsilon (the usual
+            # case with one calibrated target) show as concentric rings, not one line
+            ax.plot(
+                xs, ys, marker="o" if len(xs) <= 30 else None, color=colour, label=client.node,
+                markersize=4 + 2.5 * (len(clients) - 1 - i), linewidth=1 + (len(clients) - 1 - i),
+            )  # fmt: skip
         _mark_refusals(ax, client, points, colour)
-        _draw_cap(ax, client, colour)
+    _draw_caps(ax, clients, colours)
     ax.set_xlabel("round")
     ax.set_ylabel("cumulative ε (PRV)")
     ax.set_title("Privacy spent per site (dashed: site cap, x: refused round)")
@@ -45,20 +50,26 @@ def epsilon_plot(clients: list[ClientReport]) -> bytes:
     return _png(fig)
 
 
-def _draw_cap(ax, client: ClientReport, colour) -> None:
-    """Dashed line in the site's colour, labelled, so two caps close together stay attributable."""
-    if client.cap is None:
-        return
-    ax.axhline(client.cap.epsilon, color=colour, linestyle="--", linewidth=1.2)
-    ax.annotate(
-        f"{client.node} cap {client.cap.epsilon:g}",
-        xy=(0.01, client.cap.epsilon),
-        xycoords=("axes fraction", "data"),
-        xytext=(0, 2),
-        textcoords="offset points",
-        color=colour,
-        fontsize=7,
-    )
+def _draw_caps(ax, clients: list[ClientReport], colours: list) -> None:
+    """One dashed line and one label per distinct cap, naming every site that has it: sites
+    sharing a cap would otherwise print their labels on top of each other."""
+    by_cap: dict[float, list[int]] = {}
+    for i, client in enumerate(clients):
+        if client.cap is not None:
+            by_cap.setdefault(client.cap.epsilon, []).append(i)
+    for cap, members in sorted(by_cap.items()):
+        colour = colours[members[0]] if len(members) == 1 else "#444444"
+        ax.axhline(cap, color=colour, linestyle="--", linewidth=1.2)
+        names = ", ".join(clients[i].node for i in members)
+        ax.annotate(
+            f"cap {cap:g}: {names}",
+            xy=(0.01, cap),
+            xycoords=("axes fraction", "data"),
+            xytext=(0, 2),
+            textcoords="offset points",
+            color=colour,
+            fontsize=7,
+        )
 
 
 def _highest(clients: list[ClientReport]) -> float:
