@@ -224,5 +224,4 @@ class SealedTraffic:
 
 def seal_reason(err: SealError) -> str:
     """``"<reason>: <detail>"`` for run records: machine-readable code first, then the story."""
-    detail = str(err).removeprefix(f"sealed message rejected ({err.reason}): ")
-    return f"{err.reason}: {detail}"
+    return f"{err.reason}: {err.detail}"

@@ -84,6 +84,7 @@ class SealError(FedmodelError):
     def __init__(self, reason: SealReason, detail: str) -> None:
         super().__init__(f"sealed message rejected ({reason}): {detail}")
         self.reason: SealReason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True)
