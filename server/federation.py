@@ -55,6 +55,7 @@ from server.sealing import (
 from server.strategies import build_strategy
 
 RoundCallback = Callable[[int, int, dict[str, Any]], None]
+REPLAY_GUARD_FILE = "replay-guard.json"  # sealed runs: message ids accepted so far
 RowSource = Callable[[int], list[dict[str, Any]]]
 
 
@@ -101,7 +102,8 @@ def run_federation(grid: Grid, settings: ServerSettings) -> Path:
     state = start_run(settings)
     sealing = None
     if scenario.security.sealed_updates:
-        sealing = SealedTraffic(keys=state.keys, signers=state.signers, run_id=state.run_id)
+        guard_path = settings.run_dir / REPLAY_GUARD_FILE
+        sealing = SealedTraffic.for_run(state.keys, state.signers, state.run_id, guard_path)
     strategy = RecordingStrategy(
         _strategy(scenario, accountant),
         round_offset=state.offset,

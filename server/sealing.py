@@ -15,6 +15,7 @@ which the coordinator fills when it registers a site. Nothing a reply says can a
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from fedmodel.crypto.seal import (
     sign_global,
     state_dict_to_bytes,
 )
+from fedmodel.io import atomic_write_json
 from server import wire
 
 KEYS_DIR = "server-keys"
@@ -153,6 +155,29 @@ class SealedTraffic:
     signers: Mapping[str, Ed25519PublicKey]
     run_id: str
     guard: ReplayGuard = field(default_factory=ReplayGuard)
+    guard_path: Path | None = None  # where accepted ids survive a ServerApp restart
+
+    @classmethod
+    def for_run(
+        cls,
+        keys: ServerKeys,
+        signers: Mapping[str, Ed25519PublicKey],
+        run_id: str,
+        guard_path: Path,
+    ) -> SealedTraffic:
+        """Traffic for one run, its replay guard read back from ``guard_path`` when present.
+
+        A resumed run repeats the round it crashed in, with the same run id; without the ids
+        accepted before the crash, a relay could replay a node's update from the first attempt
+        next to the node's new one, and that node would count twice in the aggregate.
+        """
+        guard = ReplayGuard()
+        if guard_path.is_file():
+            try:
+                guard = ReplayGuard.from_dict(json.loads(guard_path.read_text()))
+            except (ValueError, TypeError, AttributeError) as err:
+                raise ConfigError(f"{guard_path}: unreadable replay guard: {err}") from None
+        return cls(keys=keys, signers=signers, run_id=run_id, guard=guard, guard_path=guard_path)
 
     def sign_requests(
         self, messages: Iterable[Message], arrays: ArrayRecord, rnd: int
@@ -186,6 +211,8 @@ class SealedTraffic:
             round=rnd,
             seen=self.guard,
         )
+        if self.guard_path is not None:  # before the update can count: never accepted twice
+            atomic_write_json(self.guard_path, self.guard.to_dict())
         plain = wire.update_from_payload(opened.payload)
         named = str(plain[wire.NODE].get("name"))
         if named != opened.node_id:

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ArrayRecord, ConfigRecord, Message
 
+from fedmodel.config import ConfigError
 from fedmodel.crypto.seal import SEAL_FIXED_OVERHEAD, state_dict_from_bytes, verify_global
 from server import wire
 from tests.sealing.conftest import RUN_ID
@@ -166,3 +167,31 @@ def test_a_signed_refusal_is_recorded_and_a_forged_one_rejected(federation, tmp_
         ("node-1", "rejected", "malformed"),
     ]
     assert rows[0]["ledger_head"]["hash"] == genuine[wire.REFUSAL]["ledger-hash"]
+
+
+def test_accepted_ids_survive_a_server_restart(federation, tmp_path):
+    """A resumed run repeats its crashed round under the same run id: an update accepted before
+    the crash, replayed by the relay afterwards, must not count a second time."""
+    from flwr.serverapp.strategy import FedAvg
+
+    from server.recording import RecordingStrategy
+    from server.sealing import SealedTraffic
+
+    path = tmp_path / "replay-guard.json"
+    first = SealedTraffic.for_run(federation.keys, federation.traffic.signers, RUN_ID, path)
+    federation.strategy = RecordingStrategy(FedAvg(min_train_nodes=1), sealing=first)
+    envelope = federation.envelope("node-0", 3)
+    _, rows = federation.screen(3, [federation.reply(envelope, "node-0", 3)])
+    assert statuses(rows) == [("node-0", "ok", "")] and path.is_file()
+
+    restarted = SealedTraffic.for_run(federation.keys, federation.traffic.signers, RUN_ID, path)
+    federation.strategy = RecordingStrategy(FedAvg(min_train_nodes=1), sealing=restarted)
+    fresh = federation.envelope("node-0", 3)
+    _, rows = federation.screen(
+        3, [federation.reply(envelope, "node-0", 3), federation.reply(fresh, "node-0", 3)]
+    )
+    assert statuses(rows) == [("node-0", "rejected", "duplicate"), ("node-0", "ok", "")]
+
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable replay guard"):
+        SealedTraffic.for_run(federation.keys, federation.traffic.signers, RUN_ID, path)
