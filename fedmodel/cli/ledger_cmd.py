@@ -1,4 +1,4 @@
-"""``fedmodel ledger``: verify and show a node's privacy ledger.
+"""``fedmodel ledger``: verify and show a node's privacy ledger; adopt it under a high-water mark.
 
 Exit codes: 0 the ledger is sound, 1 it is broken (the first broken entry is printed), 2 the
 input is bad (missing file, wrong key file, unreadable run folder), as one line.
@@ -70,6 +70,28 @@ def show(path: PathArg, key: KeyOpt = None) -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+def adopt(
+    config: Annotated[Path, typer.Option("--config", help="the node's node.toml")],
+) -> None:
+    """Write the node's high-water mark for its ledger as it is now.
+
+    For a ledger that has no mark (written before marks existed, or after a deliberate restore):
+    the node refuses to train on a ledger without one, because a missing mark is what a deleted
+    or cut-back ledger looks like. Adopting says, with the node's key, that this ledger is whole.
+    """
+    from clients.node_config import load_node_config
+    from fedmodel.crypto.keys import load_signing_key
+    from fedmodel.privacy.ledger import Ledger
+
+    with reported_errors():
+        node = load_node_config(config)
+        key = load_signing_key(node.signing_key)
+        ledger = Ledger(node.ledger_dir, key, node=node.name)
+        head = ledger.adopt_mark(node.high_water_mark)
+    typer.echo(f"{node.high_water_mark}: marks {head.count} entries, head {head.hash[:16]}…")
+
+
 def _verify(path: Path, key: Path | None, run_dir: Path | None, node: str | None) -> VerifyReport:
     report = verify_ledger(path, key)
     if run_dir is None:
@@ -94,6 +116,8 @@ def _row_header() -> str:
 
 
 def _row(e: LedgerEntry) -> str:
+    if e.kind in ("policy", "commit"):
+        return _head_cells(e) + f"  {_describe(e)}"
     if e.spends:
         cells = [
             e.seq, e.kind, e.run_id, e.round, _num(e.noise_multiplier), _num(e.sample_rate),
@@ -103,11 +127,22 @@ def _row(e: LedgerEntry) -> str:
         return " ".join(
             f"{cell!s:>{width}}" for cell, (_, width) in zip(cells, _COLUMNS, strict=True)
         )
-    head = " ".join(
+    return _head_cells(e) + f"  refused: {e.reason} (projected epsilon {_eps(e.projected_epsilon)})"
+
+
+def _head_cells(e: LedgerEntry) -> str:
+    return " ".join(
         f"{cell!s:>{width}}"
         for cell, (_, width) in zip((e.seq, e.kind, e.run_id, e.round), _COLUMNS, strict=False)
     )
-    return f"{head}  refused: {e.reason} (projected epsilon {_eps(e.projected_epsilon)})"
+
+
+def _describe(e: LedgerEntry) -> str:
+    if e.kind == "commit":
+        sent = (e.update_sha256 or "nothing")[:16]
+        return f"committed spend {str(e.spend)[:16]}…, sent {sent}"
+    cap = "no cap" if e.cap_epsilon is None else f"cap ({e.cap_epsilon:g}, {e.cap_delta:g})"
+    return f"{cap}, policy {str(e.policy_sha256)[:16]}…"
 
 
 def _num(value: float | None) -> str:

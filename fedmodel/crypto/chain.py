@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -358,14 +359,18 @@ class SignedChain:
         return entry
 
     def append_with(
-        self, make_body: Callable[[tuple[ChainEntry, ...]], Mapping[str, Any] | None]
+        self,
+        make_body: Callable[[tuple[ChainEntry, ...]], Mapping[str, Any] | None],
+        *,
+        lock: bool = True,
     ) -> ChainEntry | None:
         """Append the body ``make_body(verified_entries)`` returns; ``None`` appends nothing.
 
         The factory runs inside the lock on a freshly verified chain, so a body that depends on
-        the history (a cumulative epsilon) can never be computed from a stale copy.
+        the history (a cumulative epsilon) can never be computed from a stale copy. ``lock=False``
+        is for a caller that already holds :meth:`locked` around a larger transaction.
         """
-        with self.locked():
+        with self.locked() if lock else contextlib.nullcontext():
             data = _read_bytes(self.path)
             verification = _verify_bytes(self.path, data, self.public_key)
             if not verification.ok:

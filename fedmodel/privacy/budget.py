@@ -72,9 +72,22 @@ def check_round(
     whose own delta (``delta``) is larger than the cap's is refused outright: it would report a
     weaker guarantee than the owner allows, whatever the epsilon.
     """
-    past, planned_entry = _validated(history, planned, cap, accountant)
+    return check_spend(history, [planned], cap, accountant, delta=delta)
+
+
+def check_spend(
+    history: Iterable[Sequence[float]],
+    planned: Iterable[Sequence[float]],
+    cap: Cap,
+    accountant: AccountantName = "prv",
+    *,
+    delta: float | None = None,
+) -> BudgetDecision:
+    """:func:`check_round` for a spend that adds several history entries at once (a DP-SGD
+    round and the Gaussian release of its noised metrics, say)."""
+    past, planned_entries = _validated(history, planned, cap, accountant)
     spent = cumulative_epsilon(past, cap.delta, accountant)
-    projected = cumulative_epsilon([*past, *planned_entry], cap.delta, accountant)
+    projected = cumulative_epsilon([*past, *planned_entries], cap.delta, accountant)
     allowed, reason = _verdict(projected, spent, cap, delta)
     return BudgetDecision(
         allowed=allowed,
@@ -87,7 +100,10 @@ def check_round(
 
 
 def _validated(
-    history: Iterable[Sequence[float]], planned: Sequence[float], cap: Cap, accountant: str
+    history: Iterable[Sequence[float]],
+    planned: Iterable[Sequence[float]],
+    cap: Cap,
+    accountant: str,
 ) -> tuple[list[HistoryEntry], list[HistoryEntry]]:
     if accountant not in ("prv", "rdp"):
         raise BudgetError(f"accountant {accountant!r}: use prv or rdp")
@@ -97,10 +113,11 @@ def _validated(
         )
     try:
         past = normalise_history(history)
-        planned_entry = normalise_history([planned])
+        planned_list = [tuple(p) for p in planned]
+        planned_entries = normalise_history(planned_list)
     except (AccountingError, TypeError, ValueError) as err:
         raise BudgetError(f"planned round {planned!r}: {err}") from None
-    return past, planned_entry
+    return past, planned_entries
 
 
 def _verdict(projected: float, spent: float, cap: Cap, delta: float | None) -> tuple[bool, str]:

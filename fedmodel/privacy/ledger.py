@@ -1,11 +1,20 @@
 """The client's privacy ledger: the signed, append-only record of every DP round it trained.
 
 A Flower ClientApp lives for one message, so the node's disk, not memory, must remember what it
-has spent. The ledger is a :mod:`fedmodel.crypto.chain` file signed with the node's Ed25519 key;
-one entry per round (``kind: "round"``) carries the mechanism parameters, the Opacus accountant
-history that round added, and the cumulative epsilon by PRV and by RDP over the *whole* ledger
-history (every run, every round). A refused round is recorded as ``kind: "refusal"`` with the
-reason and spends nothing.
+has spent. The ledger is a :mod:`fedmodel.crypto.chain` file signed with the node's Ed25519 key.
+Entry kinds:
+
+* ``round``: a DP-SGD round, written *before* training (the reservation made by
+  :mod:`fedmodel.privacy.spend`, the one door that spends): the mechanism parameters, the Opacus
+  accountant history it adds, what it releases (``releases``, e.g. the model update and, if the
+  site's policy opts in, its noised training metrics), and the cumulative epsilon by PRV and RDP
+  over the *whole* ledger history (every run, every round).
+* ``release``: any other privacy-costing output (e.g. noised evaluation counts), same fields.
+* ``commit``: the reserved spend finished; carries the SHA-256 of what left the node. A spend
+  without a commit (a crash mid-round) still counts as spent.
+* ``refusal``: the node declined a round (policy, budget, an untrusted request); spends nothing.
+* ``policy``: the node's cap and site policy, written whenever either changes, so a report reads
+  caps from signatures, never from a loose ``node.toml``.
 
 Directory layout::
 
@@ -21,6 +30,7 @@ the key registered with the coordinator (``--key``) and the heads the server rec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import numbers
@@ -41,6 +51,7 @@ from fedmodel.crypto.chain import (
     ChainHead,
     SignedChain,
     VerifiedPrefix,
+    canonical_json,
     head_of,
     resolve_verify_key,
     verify_chain,
@@ -54,23 +65,33 @@ from fedmodel.privacy.accountant import (
     normalise_history,
 )
 from fedmodel.privacy.budget import cumulative_epsilon
+from fedmodel.privacy.highwater import check_ledger, mark_of, read_mark, write_mark
 
 LEDGER_FILE = "ledger.jsonl"
 SIGNER_FILE = "signer.pub"
 MECHANISM = "dp-sgd/poisson-gaussian"
-EntryKind = Literal["round", "refusal"]
+NO_DP = "none"  # a round a site's policy let run without noise: no guarantee, epsilon unbounded
+EntryKind = Literal["round", "release", "refusal", "commit", "policy"]
+SPENDING_KINDS = ("round", "release")
 LedgerHead = ChainHead  # the architecture's name for what a client reports with every reply
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 _COMMON = ("kind", "node", "run_id", "round", "time")
+_SPEND_FIELDS = (
+    *_COMMON,
+    *("mechanism", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "delta"),
+    *("dataset_size", "history", "epsilon", "epsilon_rdp"),
+)
 _BODY_FIELDS: dict[str, tuple[str, ...]] = {
-    "round": (
-        *_COMMON,
-        *("mechanism", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "delta"),
-        *("dataset_size", "history", "epsilon", "epsilon_rdp"),
-    ),
+    "round": _SPEND_FIELDS,
+    "release": _SPEND_FIELDS,
     "refusal": (*_COMMON, "reason", "projected_epsilon"),
+    "commit": (*_COMMON, "spend", "update_sha256"),
+    "policy": (*_COMMON, "cap_epsilon", "cap_delta", "policy", "policy_sha256"),
 }
+# Fields a body may carry beyond its kind's own (ledgers written before they existed lack them).
+_OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {"round": ("releases",), "release": ("releases",)}
+DEFAULT_RELEASES = ("model-update",)
 
 
 class LedgerError(FedmodelError):
@@ -102,10 +123,17 @@ class LedgerEntry:
     epsilon_rdp: float | None = None
     reason: str | None = None
     projected_epsilon: float | None = None
+    releases: tuple[str, ...] = ()
+    spend: str | None = None
+    update_sha256: str | None = None
+    cap_epsilon: float | None = None
+    cap_delta: float | None = None
+    policy: dict[str, Any] | None = None
+    policy_sha256: str | None = None
 
     @property
     def spends(self) -> bool:
-        return self.kind == "round"
+        return self.kind in SPENDING_KINDS
 
 
 @dataclass(frozen=True)
@@ -140,6 +168,12 @@ class Ledger:
     of a record that can no longer be trusted. Every append re-reads and re-verifies the chain
     under the file lock, so two processes of the same node append in turn, each computing its
     cumulative epsilon over everything the other wrote.
+
+    ``mark`` is the node's high-water mark file (:mod:`fedmodel.privacy.highwater`), kept outside
+    the ledger folder. Given one, every read checks the ledger against it and every append
+    advances it inside the lock, so a cut, deleted or forked ledger raises
+    :class:`~fedmodel.privacy.highwater.LedgerRollback` before anything is decided from it.
+    Nodes always pass it; read-only tools (verify, report) do not.
     """
 
     def __init__(
@@ -148,15 +182,18 @@ class Ledger:
         signing_key: ed25519.Ed25519PrivateKey,
         *,
         node: str | None = None,
+        mark: str | os.PathLike[str] | None = None,
     ) -> None:
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():
             raise LedgerError(f"{self.directory}: a ledger is a directory, this is a file")
         self.path = self.directory / LEDGER_FILE
+        self.mark_path = Path(mark) if mark is not None else None
         try:
             self._chain = SignedChain(self.path, signing_key)
         except ChainError as err:
             raise LedgerError(str(err)) from None
+        self._signing_key = signing_key
         self._check_signer_file()
         entries = self.entries()
         self._write_signer_file()
@@ -165,14 +202,47 @@ class Ledger:
     # --- reading ---------------------------------------------------------------------------------
 
     def entries(self) -> list[LedgerEntry]:
-        """All entries, freshly read and verified (another process may have appended)."""
+        """All entries, freshly read and verified (another process may have appended), and
+        checked against the high-water mark when the ledger has one."""
         try:
             verification = self._chain.verify()
         except ChainError as err:  # unreadable file
             raise LedgerError(str(err)) from None
         if not verification.ok:
             raise LedgerError(_broken_message(self.path, verification.first_break))
-        return _parse_verified(verification.entries, self.path)
+        entries = _parse_verified(verification.entries, self.path)
+        self._check_mark(entries)
+        return entries
+
+    def adopt_mark(self, mark: str | os.PathLike[str]) -> ChainHead:
+        """Write the high-water mark for the ledger as it is now (``fedmodel ledger adopt``).
+
+        Only where no mark exists yet: adopting is a deliberate statement by the site, with its
+        key, that this ledger is complete.
+        """
+        path = Path(mark)
+        with self._chain.locked():
+            verification = self._chain.verify()
+            if not verification.ok:
+                raise LedgerError(_broken_message(self.path, verification.first_break))
+            if read_mark(path, self._chain.public_key) is not None:
+                raise LedgerError(f"{path}: a high-water mark exists already")
+            head = verification.head
+            write_mark(path, self._signing_key, mark_of(self._node_or_blank(), head))
+        return head
+
+    def _node_or_blank(self) -> str:
+        return getattr(self, "node", None) or ""
+
+    def _check_mark(self, entries: list[LedgerEntry]) -> None:
+        if self.mark_path is None:
+            return
+        mark = read_mark(self.mark_path, self._chain.public_key)
+        check_ledger(mark, entries, ledger_path=self.path, mark_path=self.mark_path)
+
+    def latest_policy(self) -> LedgerEntry | None:
+        """The last ``policy`` entry: the cap and policy the node signed most recently."""
+        return next((e for e in reversed(self.entries()) if e.kind == "policy"), None)
 
     def history(self) -> list[HistoryEntry]:
         """The Opacus history of every spending entry, all runs, in ledger order."""
@@ -180,7 +250,10 @@ class Ledger:
 
     def epsilon(self, delta: float, accountant: AccountantName = "prv") -> float:
         """Cumulative epsilon spent so far at ``delta`` (``inf`` when it cannot be bounded)."""
-        return cumulative_epsilon(self.history(), delta, accountant)
+        entries = self.entries()
+        if unbounded(entries):
+            return math.inf
+        return cumulative_epsilon(_history_of(entries), delta, accountant)
 
     def head(self) -> ChainHead:
         """Head of the verified ledger: what the client sends with every reply."""
@@ -219,13 +292,50 @@ class Ledger:
         ``steps``. When omitted, the round is one homogeneous stretch
         ``(noise_multiplier, sample_rate, steps)``.
         """
-        added = _validated_round(
-            noise_multiplier, sample_rate, steps, max_grad_norm, delta, dataset_size,
-            accountant_history_added,
+        body = self.spend_body(
+            "round", run_id, round,
+            noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
+            max_grad_norm=max_grad_norm, delta=delta, dataset_size=dataset_size,
+            history=accountant_history_added,
         )  # fmt: skip
+        return self._append(body)
+
+    def spend_body(
+        self,
+        kind: Literal["round", "release"],
+        run_id: str,
+        round: int,
+        *,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+        max_grad_norm: float,
+        delta: float,
+        dataset_size: int,
+        history: Iterable[Sequence[float]] | None = None,
+        releases: Sequence[str] = DEFAULT_RELEASES,
+        mechanism: str = MECHANISM,
+    ) -> Callable[[list[LedgerEntry]], dict[str, Any]]:
+        """The body of a spending entry, as a function of the entries before it.
+
+        Values are validated now, before anything is signed; the cumulative epsilon is computed
+        inside the lock from the entries the append really follows. ``history`` is the Opacus
+        history the spend adds (DP-SGD steps, and a Gaussian release as ``(sigma, 1.0, 1)``);
+        it must add up to ``steps``.
+        """
+        if mechanism == NO_DP:  # nothing to account: the entry itself makes epsilon unbounded
+            noise_multiplier, history = 1.0, []
+        added = _validated_round(
+            noise_multiplier, sample_rate, steps, max_grad_norm, delta, dataset_size, history,
+            check_steps=mechanism != NO_DP,
+        )  # fmt: skip
+        if mechanism == NO_DP:
+            noise_multiplier = 0.0
+        if not releases or not all(isinstance(r, str) and r for r in releases):
+            raise LedgerError("a spend must name what it releases")
         fixed = {
-            **self._common("round", run_id, round),
-            "mechanism": MECHANISM,
+            **self._common(kind, run_id, round),
+            "mechanism": mechanism,
             "noise_multiplier": float(noise_multiplier),
             "sample_rate": float(sample_rate),
             "steps": int(steps),
@@ -233,9 +343,12 @@ class Ledger:
             "delta": float(delta),
             "dataset_size": int(dataset_size),
             "history": [list(h) for h in added],
+            "releases": list(releases),
         }
 
         def body(entries: list[LedgerEntry]) -> dict[str, Any]:
+            if mechanism == NO_DP or unbounded(entries):
+                return {**fixed, "epsilon": None, "epsilon_rdp": None}
             whole = [*_history_of(entries), *added]
             return {
                 **fixed,
@@ -243,24 +356,77 @@ class Ledger:
                 "epsilon_rdp": _finite_or_none(cumulative_epsilon(whole, delta, "rdp")),
             }
 
-        return self._append(body)
+        return body
 
     def append_refusal(
         self, run_id: str, round: int, reason: str, projected_epsilon: float | None
     ) -> LedgerEntry:
         """Record that the node refused a round (budget, policy); spends nothing."""
+        body = self.refusal_body(run_id, round, reason, projected_epsilon)
+        return self._append(lambda _entries: body)
+
+    def refusal_body(
+        self, run_id: str, round: int, reason: str, projected_epsilon: float | None
+    ) -> dict[str, Any]:
         if not isinstance(reason, str) or not reason.strip():
             raise LedgerError("a refusal needs a reason")
         if projected_epsilon is not None and not _is_real(projected_epsilon):
             raise LedgerError(f"projected_epsilon {projected_epsilon!r} must be a number or None")
-        body = {
+        return {
             **self._common("refusal", run_id, round),
             "reason": reason,
             "projected_epsilon": (
                 None if projected_epsilon is None else _finite_or_none(float(projected_epsilon))
             ),
         }
+
+    def append_commit(self, spend: LedgerEntry, update_sha256: str | None) -> LedgerEntry:
+        """Close a reserved spend: what left the node (its SHA-256), or ``None`` if nothing did."""
+        if not spend.spends:
+            raise LedgerError(f"entry {spend.seq} is a {spend.kind}, not a spend to commit")
+        if update_sha256 is not None and not _HEX64.fullmatch(update_sha256):
+            raise LedgerError("update_sha256 must be 64 lowercase hex digits or None")
+        body = {
+            **self._common("commit", spend.run_id, spend.round),
+            "spend": spend.hash,
+            "update_sha256": update_sha256,
+        }
         return self._append(lambda _entries: body)
+
+    def policy_body(
+        self, run_id: str, round: int, cap: tuple[float, float] | None, policy: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """A ``policy`` entry's body for the node's current cap and policy.
+
+        Written inside a spend transaction (:mod:`fedmodel.privacy.spend`) whenever
+        ``node.toml``'s cap or policy differs from the last signed one, so every change a site
+        makes is signed before the next round is decided under it.
+        """
+        normal = json.loads(canonical_json(dict(policy)))
+        digest = hashlib.sha256(canonical_json(normal).encode("utf-8")).hexdigest()
+        return {
+            **self._common("policy", run_id, round),
+            "cap_epsilon": None if cap is None else float(cap[0]),
+            "cap_delta": None if cap is None else float(cap[1]),
+            "policy": normal,
+            "policy_sha256": digest,
+        }
+
+    def append_decided(
+        self, decide: Callable[[list[LedgerEntry]], Sequence[Mapping[str, Any]]]
+    ) -> list[LedgerEntry]:
+        """Append the bodies ``decide(entries)`` returns, in order, inside one hold of the lock.
+
+        The one primitive a transaction needs: the decision (budget, duplicates, cap) is made on
+        the entries the appends really follow, and no other writer can come between them.
+        """
+        written: list[LedgerEntry] = []
+        with self._chain.locked():
+            entries = self.entries()
+            _resolve_node(entries, self.node, self.path)
+            for body in decide(entries):
+                written.append(self._append_locked(lambda _e, b=body: b))
+        return written
 
     def _common(self, kind: EntryKind, run_id: str, round: int) -> dict[str, Any]:
         if self.node is None:
@@ -272,20 +438,31 @@ class Ledger:
         return {"kind": kind, "node": self.node, "run_id": run_id, "round": int(round)}
 
     def _append(self, make_body: Callable[[list[LedgerEntry]], Mapping[str, Any]]) -> LedgerEntry:
-        """Append inside the chain's lock: the body sees every entry written so far, by any
-        process, and is stamped there, so times never run backwards along the chain."""
+        with self._chain.locked():
+            return self._append_locked(make_body)
+
+    def _append_locked(
+        self, make_body: Callable[[list[LedgerEntry]], Mapping[str, Any]]
+    ) -> LedgerEntry:
+        """Append (the caller holds the lock): the body sees every entry written so far, by any
+        process, and is stamped there, so times never run backwards along the chain; the
+        high-water mark is checked before and advanced after, under the same lock."""
 
         def stamped(chain_entries: tuple[ChainEntry, ...]) -> dict[str, Any]:
             entries = _parse_verified(chain_entries, self.path)
             _resolve_node(entries, self.node, self.path)  # another process may have started it
+            self._check_mark(entries)
             now = datetime.now(UTC).isoformat(timespec="milliseconds")
             return {**make_body(entries), "time": now}
 
         try:
-            entry = self._chain.append_with(stamped)
+            entry = self._chain.append_with(stamped, lock=False)
         except ChainError as err:
             raise LedgerError(str(err)) from None
         assert entry is not None
+        if self.mark_path is not None:
+            head = ChainHead(entry.hash, entry.seq + 1)
+            write_mark(self.mark_path, self._signing_key, mark_of(str(self.node), head))
         return _to_ledger_entry(entry)
 
     def _check_signer_file(self) -> None:
@@ -460,26 +637,46 @@ def _to_ledger_entry(chain_entry: ChainEntry) -> LedgerEntry:
     if kind not in _BODY_FIELDS:
         raise LedgerError(f"unknown entry kind {kind!r}")
     expected = set(_BODY_FIELDS[kind])
-    if set(body) != expected:
-        odd = sorted(set(body) ^ expected)
+    optional = set(_OPTIONAL_FIELDS.get(kind, ()))
+    if not expected <= set(body) <= expected | optional:
+        odd = sorted((set(body) ^ expected) - optional)
         raise LedgerError(f"{kind} entry has missing or unexpected fields: {', '.join(odd)}")
     values = dict(body)
-    if kind == "round":
+    if kind in SPENDING_KINDS:
         try:
             values["history"] = tuple(normalise_history(body["history"]))
         except (AccountingError, TypeError, ValueError) as err:
             raise LedgerError(f"history: {err}") from None
+        releases = body.get("releases", list(DEFAULT_RELEASES))
+        if not (isinstance(releases, list) and releases and all(
+            isinstance(r, str) and r for r in releases
+        )):  # fmt: skip
+            raise LedgerError(f"field 'releases' has an invalid value {releases!r}")
+        values["releases"] = tuple(releases)
+    if kind == "policy" and not isinstance(body["policy"], dict):
+        raise LedgerError("field 'policy' must be an object")
     _check_types(values)
     return LedgerEntry(seq=chain_entry.seq, hash=chain_entry.hash, **values)
 
 
 _NUMBER_FIELDS = {
     "noise_multiplier", "sample_rate", "max_grad_norm", "delta",
-    "epsilon", "epsilon_rdp", "projected_epsilon",
+    "epsilon", "epsilon_rdp", "projected_epsilon", "cap_epsilon", "cap_delta",
 }  # fmt: skip
 _INT_FIELDS = {"round", "steps", "dataset_size"}
-_STR_FIELDS = {"kind", "node", "run_id", "time", "mechanism", "reason"}
-_NULLABLE = {"epsilon", "epsilon_rdp", "projected_epsilon"}
+_STR_FIELDS = {
+    "kind", "node", "run_id", "time", "mechanism", "reason", "spend", "update_sha256",
+    "policy_sha256",
+}  # fmt: skip
+_NULLABLE = {
+    "epsilon",
+    "epsilon_rdp",
+    "projected_epsilon",
+    "update_sha256",
+    "cap_epsilon",
+    "cap_delta",
+}
+_FREE_FIELDS = {"history", "releases", "policy"}  # checked where they are parsed
 
 
 def _check_types(values: Mapping[str, Any]) -> None:
@@ -490,7 +687,7 @@ def _check_types(values: Mapping[str, Any]) -> None:
             (name in _NUMBER_FIELDS and _is_number(value))
             or (name in _INT_FIELDS and _is_int(value))
             or (name in _STR_FIELDS and isinstance(value, str))
-            or name == "history"
+            or name in _FREE_FIELDS
         )
         if not ok:
             raise LedgerError(f"field {name!r} has an invalid value {value!r}")
@@ -504,6 +701,8 @@ def _validated_round(
     delta: float,
     dataset_size: int,
     added: Iterable[Sequence[float]] | None,
+    *,
+    check_steps: bool = True,
 ) -> list[HistoryEntry]:
     """Reject values that would make a record meaningless *before* anything is signed."""
     checks = {
@@ -523,7 +722,7 @@ def _validated_round(
         history = normalise_history(added)
     except (AccountingError, TypeError, ValueError) as err:
         raise LedgerError(f"round not recorded: accountant history: {err}") from None
-    if sum(h[2] for h in history) != steps:
+    if check_steps and sum(h[2] for h in history) != steps:
         raise LedgerError(
             f"round not recorded: accountant history adds {sum(h[2] for h in history)} steps, "
             f"the round reports {steps}"
@@ -538,6 +737,11 @@ def _resolve_node(entries: list[LedgerEntry], node: str | None, path: Path) -> s
     if node is not None and recorded is not None and node != recorded:
         raise LedgerError(f"{path}: ledger of node {recorded!r}, opened as node {node!r}")
     return node or recorded
+
+
+def unbounded(entries: Iterable[LedgerEntry]) -> bool:
+    """A site that ever released something without noise has no finite epsilon any more."""
+    return any(e.spends and e.mechanism == NO_DP for e in entries)
 
 
 def _history_of(entries: Iterable[LedgerEntry]) -> list[HistoryEntry]:
