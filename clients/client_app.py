@@ -15,7 +15,6 @@ from clients.train_round import describe_failure, run_train_round
 # cores must not oversubscribe them.
 torch.set_num_threads(1)
 
-ERROR_CODE_CLIENT = 1000
 log = logging.getLogger(__name__)
 
 app = ClientApp()
@@ -26,6 +25,7 @@ def train(msg: Message, context: Context) -> Message:
     try:
         content = run_train_round(msg.content, context)
     except Exception as err:  # the node must answer, never hang the round
-        log.exception("training failed")
-        return Message(Error(code=ERROR_CODE_CLIENT, reason=describe_failure(err)), reply_to=msg)
+        log.exception("training failed")  # the detail stays in the site's own log
+        code, reason = describe_failure(err)
+        return Message(Error(code=code, reason=reason), reply_to=msg)
     return Message(content, reply_to=msg)

@@ -21,18 +21,48 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from fedmodel.config import ModelName, PrivacyBudget, StrictModel, load_toml
+from fedmodel.config import ConfigError, ModelName, PrivacyBudget, StrictModel, load_toml
+from fedmodel.privacy.highwater import MARK_FILE
 
 NODE_FILE = "node.toml"
 
 
 class SitePolicy(StrictModel):
+    """What this site refuses, whatever a request asks, and what it agrees to release.
+
+    Every field is signed into the ledger (a ``policy`` entry) whenever it changes, so a report
+    shows the policy a site really ran under. The release fields default to the strictest
+    reading: a site sends its DP update and public configuration, nothing else.
+    """
+
     require_dp: bool = True
     min_noise_multiplier: float = Field(0.0, ge=0)
     max_grad_norm_cap: float | None = Field(None, gt=0, description="largest clipping norm allowed")
     allowed_models: list[ModelName] | None = None
     allowed_datasets: list[str] | None = None
     require_sealed_updates: bool = False
+    max_delta: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="largest delta a run may use here; absent: 1/(10 n) for this site's n rows",
+    )
+    share_train_metrics: bool = Field(
+        False,
+        description="release noised training loss, accuracy and example count (a Gaussian "
+        "mechanism charged to the ledger with every round); off: none of them leaves the site",
+    )
+    metrics_noise_multiplier: float = Field(
+        8.0, ge=1.0, description="noise / sensitivity of that release (per round)"
+    )
+    metrics_loss_bound: float = Field(
+        5.0, gt=0, description="per-example loss is clipped to [0, bound] before it is summed"
+    )
+    dataset_size_public: bool = Field(
+        True,
+        description="the site treats its row count as public (DP-SGD's sample rate 1/ceil(n/B) "
+        "reveals it to within a batch); false: the reply carries no sample rate, steps or epsilon",
+    )
 
 
 class NodeData(StrictModel):
@@ -84,6 +114,10 @@ class NodeDeployment(StrictModel):
 class NodeConfig(StrictModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     ledger_dir: Path = Path("ledger")
+    high_water_mark: Path = Field(
+        Path(MARK_FILE),
+        description="signed count and head the ledger reached; keep it outside ledger_dir",
+    )
     signing_key: Path = Field(Path("keys/signing.ed25519"), description="Ed25519, the ledger's")
     budget: PrivacyBudget | None = None
     policy: SitePolicy = Field(default_factory=SitePolicy)
@@ -95,6 +129,7 @@ class NodeConfig(StrictModel):
         return self.model_copy(
             update={
                 "ledger_dir": _under(base, self.ledger_dir),
+                "high_water_mark": _under(base, self.high_water_mark),
                 "signing_key": _under(base, self.signing_key),
                 "deployment": self.deployment and self.deployment.resolved(base),
             }
@@ -103,7 +138,13 @@ class NodeConfig(StrictModel):
 
 def load_node_config(path: str | Path) -> NodeConfig:
     p = Path(path)
-    return load_toml(NodeConfig, p).resolved(p.parent)
+    node = load_toml(NodeConfig, p).resolved(p.parent)
+    if node.high_water_mark.resolve().is_relative_to(node.ledger_dir.resolve()):
+        raise ConfigError(
+            f"{p}: high_water_mark must be outside ledger_dir: whoever restores or cuts the "
+            "ledger folder must not take its mark along"
+        )
+    return node
 
 
 def _under(base: Path, p: Path) -> Path:

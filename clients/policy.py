@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from clients.node_config import SitePolicy
-from fedmodel.config import ScenarioConfig
+from fedmodel.config import DPConfig, ScenarioConfig
 
 
 def policy_violation(policy: SitePolicy, scenario: ScenarioConfig) -> str | None:
@@ -26,4 +26,24 @@ def policy_violation(policy: SitePolicy, scenario: ScenarioConfig) -> str | None
         )
     if policy.max_grad_norm_cap is not None and dp.max_grad_norm > policy.max_grad_norm_cap:
         return f"clipping norm {dp.max_grad_norm} above the site cap {policy.max_grad_norm_cap}"
+    return None
+
+
+def delta_limit(policy: SitePolicy, num_examples: int) -> float:
+    """The largest delta this site allows: its own ``max_delta``, else ``1 / (10 n)``.
+
+    Delta is the probability the guarantee fails outright; with ``n`` rows, ``delta >= 1/n``
+    permits a mechanism that publishes one row in the clear, so the usual rule of thumb keeps
+    ``delta * n`` well below one. A site may decide otherwise, explicitly, in its policy.
+    """
+    if policy.max_delta is not None:
+        return policy.max_delta
+    return 1.0 / (10 * max(1, num_examples))
+
+
+def delta_violation(policy: SitePolicy, dp: DPConfig, num_examples: int) -> str | None:
+    limit = delta_limit(policy, num_examples)
+    if dp.delta > limit:
+        rule = "site policy max_delta" if policy.max_delta is not None else "1/(10 n)"
+        return f"delta {dp.delta:g} above this site's limit {limit:.3g} ({rule})"
     return None

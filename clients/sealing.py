@@ -1,17 +1,18 @@
-"""The node's end of sealed updates: whom it trusts as the server, and how it talks to it.
+"""The node's end of the channel: whom it trusts as the server, and how it talks to it.
 
 A node trusts exactly one server, named by a small file on its own disk beside ``node.toml``,
-``server.pin.json``::
+``server.pin.json``; every request must be signed by the key it names, so a node without a pin
+trains nothing::
 
     {"server_exchange_fingerprint": "<hex sha256 of the server's X25519 key (DER SPKI)>",
      "server_verify_key": "server.ed25519.pub"}
 
-* ``server_exchange_fingerprint`` is what every envelope names as its recipient
-  (:func:`fedmodel.crypto.keys.fingerprint`). The server sends its X25519 key with each
-  training request; the node seals to it only if it matches this pin, so a relay that swaps in
-  its own key gets a refusal, never an update.
+* ``server_exchange_fingerprint`` is what every sealed envelope names as its recipient
+  (:func:`fedmodel.crypto.keys.fingerprint`). The server sends its X25519 key inside each
+  signed request; the node seals to it only if it matches this pin.
 * ``server_verify_key`` is the server's Ed25519 public key (PEM), a path relative to the pin
-  file's folder (or absolute). The global model must verify under it for this run and round.
+  file's folder (or absolute). The whole request (config and global model) must verify under
+  it before the node reads any of it.
 
 In simulation ``fedmodel simulate`` writes the pin into every virtual node's folder
 (``clients/sim_nodes.py``). In deployment the site operator writes it once, from the
@@ -22,23 +23,24 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import RecordDict
 
 from fedmodel.config import ConfigError
 from fedmodel.crypto.keys import KeyFileError, load_verify_key
 from fedmodel.crypto.seal import (
     SealError,
+    SignedRequest,
     load_server_public,
+    open_request,
     seal_update,
+    sign_update,
     state_dict_from_bytes,
-    verify_global,
 )
 from fedmodel.io import atomic_write_json
 from server import wire
@@ -77,8 +79,8 @@ def load_pin(folder: Path) -> ServerPin:
         key_path = Path(str(data["server_verify_key"]))
     except FileNotFoundError:
         raise ConfigError(
-            f"{path}: no server pin; this run seals updates, so the node needs the server's "
-            "key fingerprint and verify key (see clients/sealing.py)"
+            f"{path}: no server pin; get the coordinator's fingerprint and server.ed25519.pub "
+            "over a trusted channel and run `fedmodel node pin`"
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{path}: malformed server pin ({err})") from None
@@ -92,47 +94,43 @@ def load_pin(folder: Path) -> ServerPin:
 
 
 @dataclass(frozen=True)
-class SealedChannel:
-    """One round's link to the pinned server: check what comes in, seal what goes out."""
+class ServerChannel:
+    """One request from the pinned server: verified before it is read, answered signed.
+
+    :meth:`open` checks the request's signature against the pin before a byte of its config is
+    parsed, and, when the request names the server's exchange key (sealed runs), that the key is
+    the pinned one. :meth:`reply` signs the update with the node's ledger key, and seals it to
+    that key when the run seals.
+    """
 
     pin: ServerPin
-    server_public: X25519PublicKey
-    run_id: str
-    round: int
+    request: SignedRequest
+    server_public: X25519PublicKey | None
 
     @classmethod
-    def connect(
-        cls, pin: ServerPin, config: ConfigRecord, run_id: str, round: int
-    ) -> SealedChannel:
-        """Accept the server key the request carries only if it is the pinned one."""
-        raw = config.get(wire.SERVER_EXCHANGE_KEY)
-        if not isinstance(raw, bytes):
-            raise SealError("malformed", "the request carries no server X25519 key")
-        return cls(pin, load_server_public(raw, pin.exchange_fingerprint), run_id, round)
-
-    def open_global(self, content: RecordDict) -> dict[str, torch.Tensor]:
-        """The global model, if the pinned server signed it for this run and round."""
-        record = content.config_records.get(wire.SIGNED_GLOBAL)
+    def open(cls, pin: ServerPin, content: RecordDict) -> ServerChannel:
+        record = content.config_records.get(wire.SIGNED_REQUEST)
         blob = record.get(wire.BLOB) if record is not None else None
         if not isinstance(blob, bytes):
-            raise SealError("malformed", "the request carries no signed global model")
-        payload = verify_global(blob, self.pin.verify_key, self.run_id, self.round)
-        return state_dict_from_bytes(payload)
+            raise SealError("malformed", "the message carries no signed request")
+        request = open_request(blob, pin.verify_key)
+        raw = request.config.get(wire.SERVER_EXCHANGE_KEY)
+        server_public = None
+        if raw is not None:
+            try:
+                key = bytes.fromhex(str(raw))
+            except ValueError:
+                raise SealError("malformed", "server exchange key is not hex") from None
+            server_public = load_server_public(key, pin.exchange_fingerprint)
+        return cls(pin, request, server_public)
 
-    def seal(
-        self,
-        state_dict: Mapping[str, torch.Tensor],
-        metrics: Mapping[str, int | float],
-        node: Mapping[str, str],
-        signer: Ed25519PrivateKey,
-    ) -> RecordDict:
-        """Seal tensors and metrics together, signed with the node's ledger key."""
-        envelope = seal_update(
-            wire.update_payload(state_dict, metrics, node),
-            server_public=self.server_public,
-            signer=signer,
-            run_id=self.run_id,
-            round=self.round,
-            node_id=node["name"],
-        )
-        return wire.sealed_record(envelope, node["name"])
+    def global_state(self) -> dict[str, torch.Tensor]:
+        return state_dict_from_bytes(self.request.payload)
+
+    def reply(self, payload: bytes, node_name: str, signer: Ed25519PrivateKey) -> bytes:
+        """The envelope for ``payload`` (:func:`server.wire.update_payload`): sealed to the
+        pinned server when the request carried its exchange key, else signed in the clear."""
+        common = {"signer": signer, "run_id": self.request.run_id, "round": self.request.round}
+        if self.server_public is None:
+            return sign_update(payload, node_id=node_name, **common)
+        return seal_update(payload, server_public=self.server_public, node_id=node_name, **common)

@@ -13,15 +13,25 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context
+from flwr.app import Context
 from flwr.client import Client, NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common import NDArrays, Scalar
 
-from clients.train_round import Refused, open_session, train_round
+from clients.sealing import ServerChannel, load_pin
+from clients.train_round import (
+    Refused,
+    RoundRequest,
+    node_file_for,
+    open_session,
+    refuse_unverified,
+    train_round,
+)
+from fedmodel.config import ConfigError
+from fedmodel.crypto.seal import SealError
+from fedmodel.privacy.spend import commit
 from server import wire
 
 torch.set_num_threads(1)  # as in clients/client_app.py: many nodes on few cores
@@ -36,18 +46,29 @@ class SecAggNodeClient(NumPyClient):
     def fit(
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[NDArrays, int, dict[str, Scalar]]:
-        session = open_session(ConfigRecord(dict(config)), self.node_context)
-        names = json.loads(str(config[wire.TENSOR_NAMES]))
-        global_state = {
-            name: torch.from_numpy(np.array(p, copy=True))
-            for name, p in zip(names, parameters, strict=True)
-        }
-        outcome = train_round(session, global_state, self.node_context)
+        """Verify the signed request (the global model comes from it, not from ``parameters``),
+        train, and return weight 1 (0 for a refusal: its masked vector then adds nothing)."""
+        sim_dir = config.get(wire.SIM_NODES_DIR)
+        blob = config.get(wire.SIGNED_REQUEST)
+        content = wire.request_record(
+            blob if isinstance(blob, bytes) else b"", sim_dir and str(sim_dir)
+        )
+        node_file = node_file_for(self.node_context, str(sim_dir) if sim_dir else None)
+        session = open_session(node_file, self.node_context)
+        try:
+            channel = ServerChannel.open(load_pin(session.folder), content)
+            request = RoundRequest.from_signed(channel.request)
+        except (SealError, ConfigError) as err:
+            refused = refuse_unverified(session, content, f"request not verified ({err})")
+            return parameters, 0, wire.flatten_reply(refused)
+        names = json.loads(str(channel.request.config[wire.TENSOR_NAMES]))
+        outcome = train_round(session, request, channel.global_state(), self.node_context)
         if isinstance(outcome, Refused):
             return parameters, 0, wire.flatten_reply(outcome.record())
+        commit(session.ledger, outcome.reserved, None)  # masked: no single update leaves
         flat = wire.flatten_reply({wire.METRICS: outcome.metrics, wire.NODE: outcome.node})
         trained = [outcome.state_dict[name].detach().cpu().numpy() for name in names]
-        return trained, int(outcome.metrics["num-examples"]), flat
+        return trained, 1, flat
 
 
 def client_fn(context: Context) -> Client:

@@ -1,15 +1,21 @@
-"""One training round on a node: policy, budget, DP-SGD, ledger, reply.
+"""One training round on a node: verify, decide, spend, train, answer.
 
-The order is the safety argument: the node checks its own policy, then projects the epsilon it
-would reach after this round from its ledger (the source of truth, not memory), refuses if that
-passes its own cap, and only then trains. Spending is written to the ledger before the update
-leaves the node, so a crash after training can over-count but never under-count.
+The order is the safety argument:
 
-:func:`train_round` is that sequence, and the only one: the Message-API reply
-(:func:`run_train_round`, plain or sealed) and the SecAgg+ client (``clients/secagg_client.py``)
-both call it, so every transport spends and records privacy the same way. When the run seals
-updates, the node first checks the server against its pin and trains only on a global model the
-pinned server signed for this run and round; otherwise it refuses (``clients/sealing.py``).
+1. the request is verified against the node's pinned server key before anything in it is read
+   (``clients/sealing.py``): a relay cannot change the scenario, the plan or the transport;
+2. the site's own policy decides (``clients/policy.py``), including the delta it allows for its
+   number of rows;
+3. the spend is reserved through the one door (:mod:`fedmodel.privacy.spend`): the high-water
+   mark, a repeated request, the node's cap and the run's target epsilon are checked and the
+   spend is written to the ledger under one lock, and the seed of the round's sampling and noise
+   is derived there;
+4. only then does DP-SGD run, with that seed;
+5. the reply is signed (and sealed when the run seals), and the spend committed with the SHA-256
+   of what left.
+
+:func:`train_round` is steps 2-4 and the only path that trains: the Message-API reply
+(:func:`run_train_round`) and the SecAgg+ client (``clients/secagg_client.py``) both call it.
 """
 
 from __future__ import annotations
@@ -22,81 +28,74 @@ from pathlib import Path
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import ConfigRecord, Context, RecordDict
 
 from clients.local_data import client_train_set
 from clients.node_config import NODE_FILE, NodeConfig, load_node_config
-from clients.policy import policy_violation
-from clients.sealing import SealedChannel, load_pin
-from fedmodel.config import ConfigError, ScenarioConfig
+from clients.policy import delta_violation, policy_violation
+from clients.sealing import ServerChannel, load_pin
+from fedmodel.config import ConfigError, DPConfig, ScenarioConfig
 from fedmodel.crypto.keys import load_signing_key
-from fedmodel.crypto.seal import SealError
+from fedmodel.crypto.seal import SealError, SignedRequest, peek_request
+from fedmodel.data.errors import DataError
 from fedmodel.errors import FedmodelError
 from fedmodel.models import build_model
 from fedmodel.privacy.accountant import calibrate_noise, sampling_plan
-from fedmodel.privacy.budget import check_round
-from fedmodel.privacy.ledger import Ledger
+from fedmodel.privacy.highwater import LedgerRollback
+from fedmodel.privacy.ledger import NO_DP, Ledger, LedgerEntry, LedgerError
+from fedmodel.privacy.release import history_entry, noised_summary, site_stats
+from fedmodel.privacy.spend import Denied, Reserved, SiteRules, SpendPlan, commit, reserve
+from fedmodel.privacy.spend import refuse as refuse_in_ledger
 from fedmodel.training import train
+from fedmodel.training.loop import predict_proba
 from server import wire
 
 PLAN_STATE = "dp-plan"
+MODEL_UPDATE = "model-update"
+TRAIN_METRICS = "train-metrics"
 
 
 @dataclass(frozen=True)
 class RoundRequest:
-    """What the server asked for, parsed and validated."""
+    """What the server asked for, read from the signed request only."""
 
     run_id: str
     round: int
     num_rounds: int
     scenario: ScenarioConfig
     proximal_mu: float
-    sim_nodes_dir: Path | None
 
     @classmethod
-    def from_config(cls, config: ConfigRecord) -> RoundRequest:
+    def from_signed(cls, signed: SignedRequest) -> RoundRequest:
+        config = signed.config
         try:
             scenario = ScenarioConfig.model_validate_json(str(config[wire.SCENARIO]))
-        except Exception as err:  # pydantic or missing key: the request itself is malformed
-            raise ConfigError(f"malformed training request: {err}") from None
-        nodes_dir = config.get(wire.SIM_NODES_DIR)
-        return cls(
-            run_id=str(config[wire.RUN_ID]),
-            round=int(config[wire.ROUND]),
-            num_rounds=int(config[wire.NUM_ROUNDS]),
-            scenario=scenario,
-            proximal_mu=float(config.get(wire.PROXIMAL_MU, 0.0)),
-            sim_nodes_dir=Path(str(nodes_dir)) if nodes_dir else None,
-        )
+            num_rounds = int(config[wire.NUM_ROUNDS])
+            mu = float(config.get(wire.PROXIMAL_MU, 0.0))
+        except Exception:  # pydantic, a missing key: the request itself is malformed
+            raise ConfigError("malformed training request (scenario or plan)") from None
+        return cls(signed.run_id, signed.round, num_rounds, scenario, mu)
 
 
-def resolve_node(context: Context, request: RoundRequest) -> tuple[NodeConfig, Path, int, int]:
-    """The node's own config, its folder, and its (partition id, number of partitions).
+def node_file_for(context: Context, sim_nodes_dir: str | None) -> Path:
+    """``node.toml`` of this node.
 
     Deployment: ``--node-config "config=/etc/fedmodel/node.toml"``. Simulation: every virtual
-    node has ``<sim-nodes-dir>/node-<partition-id>/node.toml``, written by ``fedmodel simulate``.
-    The folder holding ``node.toml`` also holds the node's server pin (``clients/sealing.py``).
+    node has ``<sim-nodes-dir>/node-<partition-id>/node.toml``, written by ``fedmodel simulate``;
+    only a node started without its own ``config`` looks there.
     """
     nc = context.node_config
     if "config" in nc:
-        node_file = Path(str(nc["config"]))
-    elif request.sim_nodes_dir is not None and "partition-id" in nc:
-        node_file = request.sim_nodes_dir / f"node-{int(nc['partition-id'])}" / NODE_FILE
-    else:
-        raise ConfigError("node has no configuration: start it with --node-config config=PATH")
-    node = load_node_config(node_file)
-    pid = node.data.partition_id if node.data.partition_id is not None else nc.get("partition-id")
-    nparts = node.data.num_partitions or nc.get("num-partitions")
-    if pid is None or nparts is None:
-        raise ConfigError(f"{node.name}: data.partition_id / data.num_partitions not configured")
-    return node, node_file.parent, int(pid), int(nparts)
+        return Path(str(nc["config"]))
+    if sim_nodes_dir and "partition-id" in nc:
+        return Path(sim_nodes_dir) / f"node-{int(nc['partition-id'])}" / NODE_FILE
+    raise ConfigError("node has no configuration: start it with --node-config config=PATH")
 
 
 @dataclass(frozen=True)
 class NodeSession:
-    """One request as this node sees it: who it is, what it holds, what it was asked."""
+    """This node as one request sees it: who it is, what it holds, what it trusts."""
 
-    request: RoundRequest
     node: NodeConfig
     folder: Path
     partition_id: int
@@ -104,25 +103,31 @@ class NodeSession:
     signing_key: Ed25519PrivateKey
     ledger: Ledger
 
+    @property
+    def rules(self) -> SiteRules:
+        return SiteRules(cap=self.node.budget, policy=self.node.policy.model_dump(mode="json"))
 
-def open_session(config: ConfigRecord, context: Context) -> NodeSession:
-    request = RoundRequest.from_config(config)
-    node, folder, pid, nparts = resolve_node(context, request)
+
+def open_session(node_file: Path, context: Context) -> NodeSession:
+    node = load_node_config(node_file)
+    nc = context.node_config
+    pid = node.data.partition_id if node.data.partition_id is not None else nc.get("partition-id")
+    nparts = node.data.num_partitions or nc.get("num-partitions")
+    if pid is None or nparts is None:
+        raise ConfigError(f"{node.name}: data.partition_id / data.num_partitions not configured")
     signing_key = load_signing_key(node.signing_key)
-    ledger = Ledger(node.ledger_dir, signing_key, node=node.name)
-    return NodeSession(request, node, folder, pid, nparts, signing_key, ledger)
+    ledger = Ledger(node.ledger_dir, signing_key, node=node.name, mark=node.high_water_mark)
+    return NodeSession(node, node_file.parent, int(pid), int(nparts), signing_key, ledger)
 
 
 @dataclass(frozen=True)
 class Trained:
-    """A trained update, already recorded in the ledger, ready for either transport."""
+    """A trained update whose spend is reserved in the ledger, ready for either transport."""
 
     state_dict: dict[str, torch.Tensor]
     metrics: dict[str, int | float]
     node: dict[str, str]
-
-    def record(self) -> RecordDict:
-        return wire.update_record(ArrayRecord(self.state_dict), self.metrics, self.node)
+    reserved: Reserved
 
 
 @dataclass(frozen=True)
@@ -139,56 +144,58 @@ RoundOutcome = Trained | Refused
 
 
 def run_train_round(content: RecordDict, context: Context) -> RecordDict:
-    """The Message-API reply: plain, or sealed to the pinned server when the run seals."""
-    session = open_session(content[wire.CONFIG], context)
-    request = session.request
-    if not request.scenario.security.sealed_updates:
-        return train_round(session, content[wire.ARRAYS].to_torch_state_dict(), context).record()
-    pin = load_pin(session.folder)
+    """The Message-API reply: verify the request, train, answer signed (sealed if asked)."""
+    request_record = content.config_records.get(wire.SIGNED_REQUEST)
+    sim_dir = request_record.get(wire.SIM_NODES_DIR) if request_record is not None else None
+    session = open_session(node_file_for(context, str(sim_dir) if sim_dir else None), context)
     try:
-        channel = SealedChannel.connect(pin, content[wire.CONFIG], request.run_id, request.round)
-        global_state = channel.open_global(content)
-    except SealError as err:  # an impostor server or a forged model: train nothing, say why
-        return refuse(session, f"server not trusted: {err}").record()
-    outcome = train_round(session, global_state, context)
+        channel = ServerChannel.open(load_pin(session.folder), content)
+        request = RoundRequest.from_signed(channel.request)
+    except SealError as err:  # an impostor server, a relay's edit: nothing is read, say why
+        return refuse_unverified(session, content, f"request not verified ({err.reason})")
+    except ConfigError as err:  # no pin, or a signed request this node cannot read
+        return refuse_unverified(session, content, _first_words(err))
+    if request.scenario.security.sealed_updates and channel.server_public is None:
+        return refuse(session, request, "the run seals updates but names no server key")
+    outcome = train_round(session, request, channel.global_state(), context)
     if isinstance(outcome, Refused):
         return outcome.record()
-    return channel.seal(outcome.state_dict, outcome.metrics, outcome.node, session.signing_key)
+    payload = wire.update_payload(outcome.state_dict, outcome.metrics, outcome.node)
+    envelope = channel.reply(payload, session.node.name, session.signing_key)
+    commit(session.ledger, outcome.reserved, hashlib.sha256(envelope).hexdigest())
+    return wire.envelope_record(envelope, session.node.name)
 
 
 def train_round(
-    session: NodeSession, global_state: Mapping[str, torch.Tensor], context: Context
+    session: NodeSession,
+    request: RoundRequest,
+    global_state: Mapping[str, torch.Tensor],
+    context: Context,
 ) -> RoundOutcome:
-    """Policy, budget, DP-SGD and ledger for one round; shared by every transport."""
-    request, node, ledger = session.request, session.node, session.ledger
-    scenario = request.scenario
-    pid = session.partition_id
+    """Policy, the spend door, DP-SGD; shared by every transport."""
+    node, scenario = session.node, request.scenario
 
     if (reason := _policy_reason(node, scenario)) is not None:
-        return refuse(session, reason)
-
-    dataset = client_train_set(scenario, pid, session.num_partitions)
+        return refuse(session, request, reason)
+    dataset = client_train_set(scenario, session.partition_id, session.num_partitions)
     n = len(dataset)
+    if scenario.dp.enabled and (reason := delta_violation(node.policy, scenario.dp, n)):
+        return refuse(session, request, reason)
     sample_rate, steps = sampling_plan(n, scenario.train.batch_size, scenario.train.epochs)
+    metrics_release = _metrics_release(node, scenario)
     dp = scenario.dp
     if dp.enabled:
-        noise = _noise_for_run(context, request, n, sample_rate, steps)
+        noise = _noise_for_run(context, session, request, n, sample_rate, steps, metrics_release)
         dp = dp.model_copy(update={"noise_multiplier": noise, "target_epsilon": None})
         if (reason := _policy_reason(node, scenario.model_copy(update={"dp": dp}))) is not None:
-            return refuse(session, reason)
-        if node.budget is not None:
-            decision = check_round(
-                ledger.history(),
-                (noise, sample_rate, steps),
-                node.budget,
-                dp.accountant,
-                delta=dp.delta,
-            )
-            if not decision.allowed:
-                return refuse(session, decision.reason, decision.projected_epsilon)
+            return refuse(session, request, reason)
+    releases = (MODEL_UPDATE, TRAIN_METRICS) if metrics_release else (MODEL_UPDATE,)
+    plan = _spend_plan(request, dp, n, sample_rate, steps, releases, metrics_release)
+    decision = reserve(session.ledger, plan, session.rules, seed_secret=_seed_secret(session))
+    if isinstance(decision, Denied):
+        return _refused(session, decision.entry)
 
-    seed = _round_seed(session)
-    torch.manual_seed(seed)  # model construction; train() seeds its own streams from ``seed``
+    torch.manual_seed(decision.seed)  # model construction; train() seeds its own streams
     model = build_model(
         scenario.model, dataset_input_shape(scenario), dataset_num_classes(scenario)
     )
@@ -202,64 +209,127 @@ def train_round(
         train_cfg=scenario.train,
         optim_cfg=scenario.optimizer,
         dp_cfg=dp,
-        prior_history=(),  # cumulative epsilon comes from the ledger entry below
+        prior_history=(),  # cumulative epsilon comes from the ledger entry
         proximal=proximal,
-        seed=seed,
+        seed=decision.seed,
     )
-    epsilon = epsilon_rdp = 0.0
-    if dp.enabled:  # the signed entry carries the cumulative epsilon: no second computation
-        entry = ledger.append_round(
-            run_id=request.run_id,
-            round=request.round,
-            noise_multiplier=result.noise_multiplier,
-            sample_rate=result.sample_rate,
-            steps=result.steps,
-            max_grad_norm=dp.max_grad_norm,
-            delta=dp.delta,
-            dataset_size=n,
-            accountant_history_added=result.history,
-        )
-        epsilon, epsilon_rdp = _finite(entry.epsilon), _finite(entry.epsilon_rdp)
-    head = ledger.head()
-    metrics = {
-        "num-examples": n,
-        "partition-id": pid,
-        "train-loss": float(result.train_loss),
-        "train-accuracy": float(result.train_accuracy),
-        "epsilon": epsilon,
-        "epsilon-rdp": epsilon_rdp,
-        "delta": float(dp.delta) if dp.enabled else 0.0,
-        "noise-multiplier": float(result.noise_multiplier or 0.0),
-        "sample-rate": float(result.sample_rate),
-        "steps": int(result.steps),
-        "max-grad-norm": float(dp.max_grad_norm) if dp.enabled else 0.0,
-        "ledger-count": int(head.count),
-    }
+    entry = decision.entry
+    if dp.enabled and not _ran_as_reserved(result.history, entry):
+        raise LedgerError("training ran other steps than the spend reserved for them")
+    metrics = _accounting_metrics(session, entry, dp)
+    if metrics_release:
+        model.load_state_dict(result.state_dict)
+        metrics.update(_released_train_metrics(model, dataset, scenario, node))
     return Trained(
         state_dict=dict(result.state_dict),
         metrics=metrics,
-        node={"name": node.name, "ledger-hash": head.hash},
+        node={"name": node.name, "ledger-hash": entry.hash, "releases": ",".join(releases)},
+        reserved=decision,
     )
 
 
-def _round_seed(session: NodeSession) -> int:
-    """The seed of this round's sampling and noise streams (``train(seed=)``).
+def _ran_as_reserved(ran: list, entry: LedgerEntry) -> bool:
+    """Training added exactly the DP-SGD steps the reservation counted (first history entry)."""
+    noise, rate, steps = entry.history[0]
+    return sum(int(h[2]) for h in ran) == steps and all(
+        abs(float(h[0]) - noise) <= 1e-12 * noise and abs(float(h[1]) - rate) <= 1e-12 for h in ran
+    )
 
-    Never the same twice on a node: it hashes the ledger's entry count, which grows with every
-    round the node trains or refuses, in any run. Two updates sharing a noise stream (two
-    clients, two rounds, or two runs over changed data) would let whoever sees both subtract
-    the noise away. Derived from the node's private key, so the server, which chooses
-    ``train.seed``, cannot regenerate the noise when ``dp.secure_mode`` is off (with it on,
-    Opacus draws from a CSPRNG instead). Reproducible from the node's own disk, so a copy of a
-    node folder replays the same streams: what makes simulations comparable.
+
+def _spend_plan(
+    request: RoundRequest,
+    dp: DPConfig,
+    n: int,
+    sample_rate: float,
+    steps: int,
+    releases: tuple[str, ...],
+    metrics_noise: float | None,
+) -> SpendPlan:
+    if not dp.enabled:  # the site's policy allows it: recorded, and epsilon is unbounded
+        return SpendPlan(
+            run_id=request.run_id, round=request.round, history=(), releases=releases,
+            noise_multiplier=0.0, sample_rate=sample_rate, steps=steps,
+            max_grad_norm=dp.max_grad_norm, delta=dp.delta, dataset_size=n,
+            mechanism=NO_DP, planned_rounds=request.num_rounds,
+        )  # fmt: skip
+    noise = float(dp.noise_multiplier or 0.0)
+    history = [(noise, sample_rate, steps)]
+    if metrics_noise is not None:
+        history.append(history_entry(metrics_noise))
+    target = request.scenario.dp.target_epsilon
+    return SpendPlan(
+        run_id=request.run_id,
+        round=request.round,
+        history=tuple(history),
+        releases=releases,
+        noise_multiplier=noise,
+        sample_rate=sample_rate,
+        steps=steps + (1 if metrics_noise is not None else 0),
+        max_grad_norm=dp.max_grad_norm,
+        delta=dp.delta,
+        dataset_size=n,
+        planned_rounds=request.num_rounds,
+        run_target_epsilon=target,
+        accountant=dp.accountant,
+    )
+
+
+def _accounting_metrics(session: NodeSession, entry: LedgerEntry, dp: DPConfig) -> dict:
+    """What a reply says by default: public configuration and the node's accounting of it.
+
+    No loss, accuracy or example count. With ``policy.dataset_size_public = false`` not even the
+    sample rate, steps or epsilon, which reveal the number of batches a site's rows fill.
     """
-    position = session.ledger.head().count
-    digest = hashlib.sha256(
-        b"fedmodel/dp-seed/v1\0"
-        + session.signing_key.private_bytes_raw()
-        + f"{session.request.scenario.train.seed}:{position}".encode()
-    ).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    metrics: dict[str, int | float] = {
+        "partition-id": session.partition_id,
+        "ledger-count": entry.seq + 1,
+    }
+    if not dp.enabled:  # no noise, no guarantee: the report marks the round unprotected
+        return metrics
+    metrics |= {
+        "delta": float(dp.delta),
+        "noise-multiplier": float(dp.noise_multiplier or 0.0),
+        "max-grad-norm": float(dp.max_grad_norm),
+    }
+    if session.node.policy.dataset_size_public:
+        metrics.update(
+            {
+                "epsilon": _finite(entry.epsilon),
+                "epsilon-rdp": _finite(entry.epsilon_rdp),
+                "sample-rate": float(entry.sample_rate or 0.0),
+                "steps": int(entry.history[0][2]) if entry.history else 0,
+            }
+        )
+    return metrics
+
+
+def _metrics_release(node: NodeConfig, scenario: ScenarioConfig) -> float | None:
+    """The noise of the training-metrics release, when this site opts in (and runs DP)."""
+    policy = node.policy
+    if policy.share_train_metrics and scenario.dp.enabled:
+        return float(policy.metrics_noise_multiplier)
+    return None
+
+
+def _released_train_metrics(
+    model: torch.nn.Module, dataset, scenario: ScenarioConfig, node: NodeConfig
+) -> dict[str, float]:
+    """Noised count, accuracy and loss of the released model on the site's training rows."""
+    labels, probs, _ = predict_proba(
+        model, dataset, batch_size=scenario.train.eval_batch_size, device=scenario.train.device
+    )
+    stats = site_stats(labels, probs, node.policy.metrics_loss_bound)
+    summary = noised_summary(stats, node.policy.metrics_noise_multiplier)
+    return {
+        "num-examples": summary["count"],
+        "train-accuracy": summary["accuracy"],
+        "train-loss": summary["loss"],
+    }
+
+
+def _seed_secret(session: NodeSession) -> bytes:
+    """The node's private key bytes: what makes its noise streams unguessable to the server."""
+    return session.signing_key.private_bytes_raw()
 
 
 def _policy_reason(node: NodeConfig, scenario: ScenarioConfig) -> str | None:
@@ -275,44 +345,89 @@ def _finite(value: float | None) -> float:
 
 
 def _noise_for_run(
-    context: Context, request: RoundRequest, n: int, sample_rate: float, steps: int
+    context: Context,
+    session: NodeSession,
+    request: RoundRequest,
+    n: int,
+    sample_rate: float,
+    steps: int,
+    metrics_noise: float | None,
 ) -> float:
-    """Noise for this run: fixed, or calibrated once on every step of every planned round.
+    """Noise for this run: fixed, or calibrated so the whole plan stays within the target.
 
-    Calibration is deterministic, so a restarted node recomputes the same value; the cache in
-    ``context.state`` only saves the seconds a PRV search costs.
+    The target is a cap on the run (:mod:`fedmodel.privacy.spend` refuses past it), so the
+    calibration counts what this run already spent in the ledger and every round left in the
+    signed plan, metrics releases included. A round that repeats the run's earlier sampling
+    keeps its noise; calibration is deterministic, and ``context.state`` only saves the seconds
+    a PRV search costs.
     """
     dp = request.scenario.dp
     if dp.noise_multiplier is not None:
         return float(dp.noise_multiplier)
-    key = json.dumps([request.run_id, n, sample_rate, steps, request.num_rounds])
+    spent = [e for e in session.ledger.entries() if e.spends and e.run_id == request.run_id]
+    same = [e for e in spent if e.sample_rate == sample_rate and e.history[:1]]
+    if same and same[-1].history[0][2] == steps:
+        return float(same[-1].noise_multiplier)  # type: ignore[arg-type]
+    prior = [h for e in spent for h in e.history]
+    remaining = max(1, request.num_rounds - request.round + 1)
+    if metrics_noise is not None:
+        prior += [history_entry(metrics_noise)] * remaining
+    key = json.dumps([request.run_id, n, sample_rate, steps, request.num_rounds, prior])
     cached = context.state.config_records.get(PLAN_STATE)
     if cached is not None and cached.get("key") == key:
         return float(cached["noise"])
     assert dp.target_epsilon is not None
     noise = calibrate_noise(
-        dp.target_epsilon, dp.delta, sample_rate, steps * request.num_rounds, dp.accountant
+        dp.target_epsilon, dp.delta, sample_rate, steps * remaining, dp.accountant, prior
     )
     context.state.config_records[PLAN_STATE] = ConfigRecord({"key": key, "noise": noise})
     return noise
 
 
-def refuse(session: NodeSession, reason: str, projected: float | None = None) -> Refused:
-    """Record the refusal in the ledger first, then tell the server."""
-    ledger = session.ledger
-    if projected is None:
-        projected = ledger.epsilon(session.request.scenario.dp.delta)
-    entry = ledger.append_refusal(
-        run_id=session.request.run_id,
-        round=session.request.round,
-        reason=reason,
-        projected_epsilon=projected,
-    )
-    head = ledger.head()
-    line = ledger.signed_line(entry.hash)
+def refuse(session: NodeSession, request: RoundRequest, reason: str) -> Refused:
+    """Record a refusal decided before any spend (policy, delta) in the ledger, then say it."""
+    entry = refuse_in_ledger(session.ledger, request.run_id, request.round, reason, session.rules)
+    return _refused(session, entry)
+
+
+def refuse_unverified(session: NodeSession, content: RecordDict, reason: str) -> RecordDict:
+    """A request the node could not verify: refuse, in the ledger and to the sender.
+
+    The run id and round in the refusal are what the unverified header claims, so the entry
+    says "not verified"; a refusal spends nothing, so a forged header costs the site nothing.
+    """
+    run_id, rnd = _claimed_run_and_round(content)
+    entry = refuse_in_ledger(session.ledger, run_id, rnd, reason, session.rules)
+    return _refused(session, entry).record()
+
+
+def _refused(session: NodeSession, entry: LedgerEntry) -> Refused:
+    """The refusal record: the node's signed ledger line, and exactly the values in it (the
+    server rejects a refusal whose reason, head, count or epsilon differ from the line's)."""
+    line = session.ledger.signed_line(entry.hash)
+    projected = float("nan") if entry.projected_epsilon is None else entry.projected_epsilon
+    reason = str(entry.reason)
     return Refused(
-        wire.refusal_record(session.node.name, reason, projected, head.hash, head.count, line)
+        wire.refusal_record(session.node.name, reason, projected, entry.hash, entry.seq + 1, line)
     )
+
+
+def _claimed_run_and_round(content: RecordDict) -> tuple[str, int]:
+    """Run id and round from an unverified request's header, for the refusal's record only."""
+    record = content.config_records.get(wire.SIGNED_REQUEST)
+    blob = record.get(wire.BLOB) if record is not None else None
+    try:
+        return peek_request(blob) if isinstance(blob, bytes) else ("unknown", 0)
+    except SealError:
+        return "unknown", 0
+
+
+def _first_words(err: FedmodelError) -> str:
+    """The reason for a refusal the server will see: the error's kind, no local path."""
+    text = str(err)
+    if "no server pin" in text:
+        return "no server pin: the site must pin the coordinator (fedmodel node pin)"
+    return "request could not be read by this node (see the site's log)"
 
 
 def dataset_input_shape(scenario: ScenarioConfig) -> tuple[int, ...]:
@@ -327,8 +442,23 @@ def dataset_num_classes(scenario: ScenarioConfig) -> int:
     return int(dataset_splits(scenario).num_classes)
 
 
-def describe_failure(err: BaseException) -> str:
-    """One line for an error reply: user errors verbatim, bugs with their type."""
-    if isinstance(err, FedmodelError):
-        return str(err)
-    return f"{type(err).__name__}: {err}"
+FAILURE_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
+    (LedgerRollback, 1003, "ledger-rollback: the ledger is behind its high-water mark"),
+    (LedgerError, 1003, "ledger: the node's ledger failed its checks"),
+    (DataError, 1002, "data: the node's data could not be used"),
+    (ConfigError, 1001, "config: the node's configuration is invalid"),
+    (SealError, 1004, "request: the request could not be verified"),
+    (FedmodelError, 1005, "node: the node could not run this round"),
+)
+
+
+def describe_failure(err: BaseException) -> tuple[int, str]:
+    """(code, one line) for an error reply: the kind of failure, never a path or a data value.
+
+    The detail stays in the site's own log; what crosses the relay says only which check
+    stopped the round, so a coordinator knows whom to call and about what.
+    """
+    for kind, code, text in FAILURE_CODES:
+        if isinstance(err, kind):
+            return code, f"{text}; training stopped (details in the site's log)"
+    return 1099, "internal: the node failed unexpectedly (details in the site's log)"

@@ -80,7 +80,11 @@ class DPConfig(StrictModel):
     delta: float = Field(1e-5, gt=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
     accountant: Literal["prv", "rdp"] = "prv"
-    poisson_sampling: bool = True
+    poisson_sampling: bool = Field(
+        True,
+        description="Poisson sampling, as the accountant assumes; federated runs and train-local "
+        "refuse false (only timing benchmarks call DP-SGD with fixed batches)",
+    )
     max_physical_batch_size: int | None = Field(None, gt=0, description="BatchMemoryManager")
     clipping: Literal["per-sample", "ghost", "fast"] = Field(
         "fast",
@@ -116,7 +120,18 @@ class StrategyConfig(StrictModel):
     server_tau: float = Field(1e-3, gt=0)
     trim_beta: float = Field(0.2, gt=0, lt=0.5, description="FedTrimmedAvg")
     krum_num_malicious: int = Field(0, ge=0)
-    max_update_norm: float | None = Field(None, gt=0, description="validated aggregation bound")
+    max_update_norm: float | Literal["auto", "off"] = Field(
+        "auto",
+        description="L2 bound on one update: a number; 'auto' = 10x the round's median update "
+        "norm (from 3 replies on); 'off' = no bound (NaN/Inf are always rejected)",
+    )
+
+    @model_validator(mode="after")
+    def _positive_bound(self) -> StrategyConfig:
+        bound = self.max_update_norm
+        if isinstance(bound, float | int) and not bound > 0:
+            raise ValueError("strategy.max_update_norm must be > 0, 'auto' or 'off'")
+        return self
 
 
 class FederationConfig(StrictModel):
@@ -186,6 +201,16 @@ class CentralDPConfig(StrictModel):
     )
 
 
+def _require_poisson(dp: DPConfig, where: str) -> None:
+    """The ledger signs "dp-sgd/poisson-gaussian": a run that shuffles fixed batches would be
+    accounted and signed as the mechanism it did not run, so no run may ask for it."""
+    if dp.enabled and not dp.poisson_sampling:
+        raise ValueError(
+            f"{where}dp.poisson_sampling = false is refused: the accountant and the signed ledger "
+            "assume Poisson subsampling, fixed shuffled batches would be mislabelled"
+        )
+
+
 class PrivacyBudget(StrictModel):
     epsilon: float = Field(gt=0)
     delta: float = Field(gt=0, lt=1)
@@ -199,6 +224,11 @@ class LocalTrainConfig(StrictModel):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     dp: DPConfig = Field(default_factory=lambda: DPConfig(noise_multiplier=1.0))
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _poisson(self) -> LocalTrainConfig:
+        _require_poisson(self.dp, "")
+        return self
 
 
 class ScenarioConfig(StrictModel):
@@ -220,6 +250,11 @@ class ScenarioConfig(StrictModel):
     )
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     central_dp: CentralDPConfig = Field(default_factory=CentralDPConfig)
+
+    @model_validator(mode="after")
+    def _poisson(self) -> ScenarioConfig:
+        _require_poisson(self.dp, "")
+        return self
 
     @model_validator(mode="after")
     def _secagg_needs_a_mean(self) -> ScenarioConfig:

@@ -17,10 +17,8 @@ Gaussian release per round. What this module adds is what a run needs around the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import Message
 from flwr.serverapp import (
     GaussianPrivacyEvent,
     NeighboringRelation,
@@ -31,9 +29,7 @@ from flwr.serverapp import (
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
 from fedmodel.config import CentralDPConfig, ConfigError, ScenarioConfig
-from server import wire
 
-UNIT_WEIGHT = "unit-weight"  # the key FedAvg weights by when central DP is on
 INFO_KEY = "central_dp"  # run.json
 
 
@@ -100,12 +96,6 @@ def wrap(
         num_sampled_clients=sampled_per_round(scenario),
         accountant=accountant,
     )
-
-
-def weigh_uniformly(replies: Iterable[Message]) -> None:
-    """Every accepted site counts once: the sensitivity Flower's noise is calibrated for."""
-    for msg in replies:
-        msg.content[wire.METRICS][UNIT_WEIGHT] = 1
 
 
 def run_info(scenario: ScenarioConfig, accountant: RdpAccountant) -> dict[str, Any]:

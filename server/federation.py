@@ -45,8 +45,8 @@ from server.records import (
 )
 from server.sealing import (
     KEYS_DIR,
-    SealedTraffic,
     ServerKeys,
+    SignedTraffic,
     ensure_server_keys,
     load_server_keys,
     signers_from_directory,
@@ -100,20 +100,22 @@ def run_federation(grid: Grid, settings: ServerSettings) -> Path:
     scenario = settings.scenario
     accountant = central_accountant(settings)
     state = start_run(settings)
-    sealing = None
-    if scenario.security.sealed_updates:
-        guard_path = settings.run_dir / REPLAY_GUARD_FILE
-        sealing = SealedTraffic.for_run(state.keys, state.signers, state.run_id, guard_path)
+    traffic = SignedTraffic.for_run(
+        state.keys,
+        state.signers,
+        state.run_id,
+        settings.run_dir / REPLAY_GUARD_FILE,
+        sealed=scenario.security.sealed_updates,
+    )
+    sim_dir = str(settings.sim_nodes_dir) if settings.sim_nodes_dir is not None else None
     strategy = RecordingStrategy(
         _strategy(scenario, accountant),
+        traffic=traffic,
         round_offset=state.offset,
         max_update_norm=scenario.strategy.max_update_norm,
-        sealing=sealing,
-        before_aggregate=central_dp.weigh_uniformly if accountant is not None else None,
+        sim_nodes_dir=sim_dir,
     )
     train_config = round_config(state)
-    if sealing is not None:
-        train_config[wire.SERVER_EXCHANGE_KEY] = state.keys.exchange_public_raw
     end_of_round = end_of_round_hook(state, strategy.take_rows)
     if accountant is not None:
         end_of_round = _recording_central_dp(end_of_round, state, accountant)
@@ -131,9 +133,9 @@ def run_federation(grid: Grid, settings: ServerSettings) -> Path:
 def _strategy(scenario: ScenarioConfig, accountant: RdpAccountant | None) -> Strategy:
     """Flower's strategy, wrapped in Flower's central-DP clipping when the scenario asks."""
     num_clients = scenario.federation.num_clients
+    inner = build_strategy(scenario.strategy, num_clients, weighted_by_key=wire.UNIT_WEIGHT)
     if accountant is None:
-        return build_strategy(scenario.strategy, num_clients)
-    inner = build_strategy(scenario.strategy, num_clients, weighted_by_key=central_dp.UNIT_WEIGHT)
+        return inner
     return central_dp.wrap(inner, scenario, accountant)
 
 
@@ -179,7 +181,7 @@ def start_run(settings: ServerSettings) -> RunState:
     model = _initial_model(scenario, splits)
     run_id, offset, initial = _starting_point(settings, model)
     keys = _server_keys(settings)
-    signers = _registered_signers(settings) if scenario.security.sealed_updates else {}
+    signers = _registered_signers(settings)
     if settings.sim_nodes_dir is not None:  # the virtual sites pin this run's server keys
         pin_server(settings.sim_nodes_dir, keys.exchange_fingerprint, keys.verify_key_path)
     recorder = _open_records(settings, run_id, offset, initial)
@@ -222,25 +224,25 @@ def _open_records(
 
 
 def _registered_signers(settings: ServerSettings) -> dict[str, Ed25519PublicKey]:
-    """Deployment's registry folder, or the simulation's virtual nodes; never a reply's claim."""
+    """Deployment's registry folder, or the simulation's virtual nodes; never a reply's claim.
+
+    Every reply is a signed envelope, so every run needs them, sealed or not.
+    """
     if settings.registered_keys_dir is not None:
         return signers_from_directory(settings.registered_keys_dir)
     if settings.sim_nodes_dir is not None:
         return signers_from_sim_nodes(settings.sim_nodes_dir)
-    raise ConfigError("sealed updates need registered node keys (registered_keys_dir)")
+    raise ConfigError("a run needs the registered node keys (registered_keys_dir)")
 
 
 def round_config(state: RunState) -> dict[str, Any]:
     """What every training request carries (the strategy adds the round number)."""
     scenario = state.settings.scenario
-    config: dict[str, Any] = {
+    return {
         wire.RUN_ID: state.run_id,
         wire.NUM_ROUNDS: scenario.federation.rounds,
         wire.SCENARIO: scenario.without_budgets().model_dump_json(),
     }
-    if state.settings.sim_nodes_dir is not None:
-        config[wire.SIM_NODES_DIR] = str(state.settings.sim_nodes_dir)
-    return config
 
 
 def finish_run(state: RunState, final: ArrayRecord) -> Path:

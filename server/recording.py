@@ -2,18 +2,18 @@
 
 Composition, the way Flower's own DP wrappers work: ``configure_*`` and ``aggregate_*`` pass
 through to the wrapped strategy, while this layer (1) shifts round numbers so a resumed run
-continues at round k+1, (2) when updates are sealed, signs the global model it sends and opens
-every sealed reply (a reply that fails to open is rejected with the seal's reason), (3) turns
-refusals, error replies and invalid updates into per-client rows and keeps them out of
-aggregation, (4) lets the caller adjust the accepted replies (central DP weighs each site
-once), and (5) hands the rows to the end-of-round hook. The wrapped strategy only ever
-sees plain, validated replies, so FedAvg's reply checks and the robust strategies work as is.
+continues at round k+1, (2) signs every request whole and opens every reply (a reply that is not
+a registered node's signed envelope for this run and round, or a second reply of one node, is
+rejected with the reason), (3) turns refusals, error replies and invalid updates into per-client
+rows and keeps them out of aggregation, (4) weighs every accepted site once, and (5) hands the
+rows to the end-of-round hook. The wrapped strategy only ever sees plain, validated replies, so
+FedAvg's reply checks and the robust strategies work as is.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -22,8 +22,8 @@ from flwr.serverapp.strategy import Strategy
 
 from fedmodel.crypto.seal import SealError
 from server import wire
-from server.sealing import SealedTraffic, seal_reason
-from server.validation import update_problem
+from server.sealing import SignedTraffic, seal_reason
+from server.validation import envelope_limit, norm_bound, update_check
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +45,19 @@ class RecordingStrategy(Strategy):
         self,
         inner: Strategy,
         *,
+        traffic: SignedTraffic,
         round_offset: int = 0,
-        max_update_norm: float | None = None,
-        sealing: SealedTraffic | None = None,
-        before_aggregate: Callable[[list[Message]], None] | None = None,
+        max_update_norm: float | str | None = "auto",
+        sim_nodes_dir: str | None = None,
     ) -> None:
         self.inner = inner
-        self.before_aggregate = before_aggregate
         self.round_offset = round_offset
         self.max_update_norm = max_update_norm
-        self.sealing = sealing
+        self.traffic = traffic
+        self.sim_nodes_dir = sim_nodes_dir
         self.pending_rows: dict[int, list[dict[str, Any]]] = {}
         self._global: ArrayRecord | None = None
+        self._limit = 0
 
     def summary(self) -> None:
         self.inner.summary()
@@ -65,11 +66,9 @@ class RecordingStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         rnd = server_round + self.round_offset
-        self._global = arrays
+        self._global, self._limit = arrays, envelope_limit(arrays)
         messages = self.inner.configure_train(rnd, arrays, config, grid)
-        if self.sealing is None:
-            return messages
-        return self.sealing.sign_requests(messages, arrays, rnd)
+        return self.traffic.sign_requests(messages, arrays, rnd, self.sim_nodes_dir)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -77,8 +76,7 @@ class RecordingStrategy(Strategy):
         rnd = server_round + self.round_offset
         accepted, rows = self.screen(rnd, list(replies))
         self.pending_rows[rnd] = rows
-        if self.before_aggregate is not None:
-            self.before_aggregate(accepted)
+        wire.weigh_uniformly(accepted)
         arrays, metrics = self.inner.aggregate_train(rnd, accepted)
         if arrays is not None and self._global is not None:
             arrays = with_dtypes_of(arrays, self._global)
@@ -99,52 +97,71 @@ class RecordingStrategy(Strategy):
         self, rnd: int, replies: list[Message]
     ) -> tuple[list[Message], list[dict[str, Any]]]:
         """Split replies into those the wrapped strategy may aggregate and a row for each."""
-        accepted: list[Message] = []
-        rows: list[dict[str, Any]] = []
-        for msg in replies:
-            row = self._screen_one(rnd, msg)
-            if row["status"] == "ok":
-                accepted.append(msg)
-            else:
+        rows = [self._screen_one(rnd, msg) for msg in replies]
+        self._bound_norms(rows, replies)
+        accepted = [msg for msg, row in zip(replies, rows, strict=True) if row["status"] == "ok"]
+        for row in rows:
+            if row["status"] != "ok":
                 log.warning("%s reply from %s: %s", row["status"], row["node"], row["reason"])
-            rows.append(row)
+            row.pop("_norm", None)
         return accepted, rows
 
     def _screen_one(self, rnd: int, msg: Message) -> dict[str, Any]:
-        """The reply's row; an accepted sealed reply is replaced by its opened plain form."""
+        """The reply's row; an accepted reply is replaced by its opened plain form."""
         src = msg.metadata.src_node_id
         if msg.has_error():
             reason = wire.short_reason(msg.error.reason)
             return {"node": f"flower-{src}", "status": "error", "reason": reason}
         claimed = wire.claimed_node(msg.content, src)
         if wire.REFUSAL in msg.content:
-            if self.sealing is not None:
-                try:
-                    self.sealing.check_refusal(msg.content, rnd)
-                except SealError as err:
-                    return {"node": claimed, "status": "rejected", "reason": seal_reason(err)}
-            return _row_or_rejection(msg, claimed)
-        message_id = None
-        if self.sealing is not None:
             try:
-                opened = self.sealing.open_reply(msg.content, rnd)
+                self.traffic.check_refusal(msg, rnd)
             except SealError as err:
                 return {"node": claimed, "status": "rejected", "reason": seal_reason(err)}
-            msg.content, message_id = opened.content, opened.message_id
+            return _row_or_rejection(msg, claimed)
+        if (problem := self._oversized(msg)) is not None:
+            return {"node": claimed, "status": "rejected", "reason": problem}
+        try:
+            opened = self.traffic.open_reply(msg, rnd)
+        except SealError as err:
+            return {"node": claimed, "status": "rejected", "reason": seal_reason(err)}
+        msg.content = opened.content
         row = _row_or_rejection(msg, claimed)
         if row["status"] != "ok":
             return row
-        if message_id is not None:
-            row["message_id"] = message_id
-        problem = self._problem(msg)
-        if problem is not None:
-            row.update(status="rejected", reason=problem)
+        row["message_id"] = opened.message_id
+        if wire.ARRAYS not in msg.content.array_records or self._global is None:
+            row.update(status="rejected", reason="no model update in reply")
+            return row
+        check = update_check(msg.content[wire.ARRAYS], self._global)
+        if check.problem is None:  # safetensors sorts names; strategies zip lists in model order
+            arrays = msg.content[wire.ARRAYS]
+            msg.content[wire.ARRAYS] = ArrayRecord({k: arrays[k] for k in self._global})
+        if check.problem is not None:
+            row.update(status="rejected", reason=check.problem)
+        row["_norm"] = check.norm
         return row
 
-    def _problem(self, msg: Message) -> str | None:
-        if wire.ARRAYS not in msg.content.array_records or self._global is None:
-            return "no model update in reply"
-        return update_problem(msg.content[wire.ARRAYS], self._global, self.max_update_norm)
+    def _oversized(self, msg: Message) -> str | None:
+        """A reply larger than the model plus its envelope is refused before it is parsed."""
+        record = msg.content.config_records.get(wire.UPDATE)
+        envelope = record.get(wire.ENVELOPE) if record is not None else None
+        if self._limit and isinstance(envelope, bytes) and len(envelope) > self._limit:
+            return f"update of {len(envelope)} bytes exceeds the model's {self._limit}"
+        return None
+
+    def _bound_norms(self, rows: list[dict[str, Any]], replies: list[Message]) -> None:
+        """Reject updates past the round's norm bound (a number, or 'auto': 10x the median)."""
+        norms = [row["_norm"] for row in rows if row["status"] == "ok" and "_norm" in row]
+        bound = norm_bound(self.max_update_norm, norms)
+        if bound is None:
+            return
+        for row in rows:
+            if row["status"] == "ok" and row.get("_norm", 0.0) > bound:
+                row.update(
+                    status="rejected",
+                    reason=f"update norm {row['_norm']:.4g} exceeds bound {bound:.4g}",
+                )
 
 
 def _row_or_rejection(msg: Message, claimed: str) -> dict[str, Any]:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -28,7 +30,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from clients.node_config import NODE_FILE, load_node_config
 from fedmodel.config import ConfigError
 from fedmodel.crypto import keys as keyfiles
-from fedmodel.crypto.chain import ChainError, verify_entry
+from fedmodel.crypto.chain import ChainEntry, ChainError, verify_entry
 from fedmodel.crypto.keys import (
     KeyFileError,
     fingerprint,
@@ -42,8 +44,9 @@ from fedmodel.crypto.keys import (
 from fedmodel.crypto.seal import (
     ReplayGuard,
     SealError,
+    open_signed_update,
     open_update,
-    sign_global,
+    sign_request,
     state_dict_to_bytes,
 )
 from fedmodel.io import atomic_write_json
@@ -135,12 +138,12 @@ def _verify_key(path: Path) -> Ed25519PublicKey:
         raise ConfigError(f"registered node key: {err}") from None
 
 
-# --- one run's sealed traffic ------------------------------------------------------------------
+# --- one run's signed traffic ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class OpenedReply:
-    """A sealed reply, verified and decrypted into the plain form strategies aggregate."""
+    """A reply, verified (and decrypted) into the plain form strategies aggregate."""
 
     content: RecordDict
     node: str
@@ -148,14 +151,24 @@ class OpenedReply:
 
 
 @dataclass
-class SealedTraffic:
-    """Signs what the server sends and opens what nodes send back, for one run."""
+class SignedTraffic:
+    """Signs what the server sends and checks what nodes send back, for one run.
+
+    Every request is signed whole (config and model, :func:`fedmodel.crypto.seal.sign_request`);
+    every reply must be an envelope signed by a registered node key for this run and round,
+    sealed to the server when the run seals. On top of each envelope's own checks, a run binds
+    every registered signer to the Flower node id it first answered from and accepts one reply
+    per signer per round, so one site cannot count twice, whoever relays its messages.
+    """
 
     keys: ServerKeys
     signers: Mapping[str, Ed25519PublicKey]
     run_id: str
+    sealed: bool
     guard: ReplayGuard = field(default_factory=ReplayGuard)
     guard_path: Path | None = None  # where accepted ids survive a ServerApp restart
+    senders: dict[str, int] = field(default_factory=dict)  # signer -> Flower node id
+    answered: dict[int, set[str]] = field(default_factory=dict)  # round -> signers accepted
 
     @classmethod
     def for_run(
@@ -164,7 +177,9 @@ class SealedTraffic:
         signers: Mapping[str, Ed25519PublicKey],
         run_id: str,
         guard_path: Path,
-    ) -> SealedTraffic:
+        *,
+        sealed: bool,
+    ) -> SignedTraffic:
         """Traffic for one run, its replay guard read back from ``guard_path`` when present.
 
         A resumed run repeats the round it crashed in, with the same run id; without the ids
@@ -177,40 +192,69 @@ class SealedTraffic:
                 guard = ReplayGuard.from_dict(json.loads(guard_path.read_text()))
             except (ValueError, TypeError, AttributeError) as err:
                 raise ConfigError(f"{guard_path}: unreadable replay guard: {err}") from None
-        return cls(keys=keys, signers=signers, run_id=run_id, guard=guard, guard_path=guard_path)
+        return cls(keys, signers, run_id, sealed, guard=guard, guard_path=guard_path)
+
+    def request_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The JSON the server signs: every value of the round's config record."""
+        out: dict[str, Any] = {}
+        for key, value in config.items():
+            out[key] = value.hex() if isinstance(value, bytes) else value
+        if self.sealed:
+            out[wire.SERVER_EXCHANGE_KEY] = self.keys.exchange_public_raw.hex()
+        return out
 
     def sign_requests(
-        self, messages: Iterable[Message], arrays: ArrayRecord, rnd: int
+        self,
+        messages: Iterable[Message],
+        arrays: ArrayRecord,
+        rnd: int,
+        sim_nodes_dir: str | None = None,
     ) -> list[Message]:
-        """Replace the plain global model by one signed for this run and round.
+        """Replace each request's content by one blob signed for this run and round.
 
-        Signed once per round: every node gets the same bytes object.
+        The model is serialised and signed once per round; every node gets the same bytes.
         """
         self.guard.forget_before(self.run_id, rnd)
         payload = state_dict_to_bytes(arrays.to_torch_state_dict())
-        blob = sign_global(payload, self.keys.signing, self.run_id, rnd)
-        signed = ConfigRecord({wire.BLOB: blob})
         out = list(messages)
+        blobs: dict[str, bytes] = {}
         for msg in out:
-            kept = {name: rec for name, rec in msg.content.items() if name != wire.ARRAYS}
-            msg.content = RecordDict({**kept, wire.SIGNED_GLOBAL: signed})
+            config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
+            signed = self.signed_config(config, rnd)
+            key = json.dumps(signed, sort_keys=True)
+            if key not in blobs:
+                blobs[key] = sign_request(payload, self.keys.signing, signed)
+            msg.content = wire.request_record(blobs[key], sim_nodes_dir)
         return out
 
-    def open_reply(self, content: RecordDict, rnd: int) -> OpenedReply:
-        """Verify, check freshness, decrypt; raises :class:`SealError` with the first failure."""
-        record = content.config_records.get(wire.SEALED)
+    def sign_legacy_request(
+        self, config: Mapping[str, Any], arrays: ArrayRecord, rnd: int
+    ) -> bytes:
+        """The same signed blob for SecAgg+'s legacy ``FitIns`` config (one per round)."""
+        payload = state_dict_to_bytes(arrays.to_torch_state_dict())
+        return sign_request(payload, self.keys.signing, self.signed_config(config, rnd))
+
+    def signed_config(self, config: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        return {**self.request_config(config), wire.RUN_ID: self.run_id, wire.ROUND: rnd}
+
+    def open_reply(self, msg: Message, rnd: int) -> OpenedReply:
+        """Verify, check freshness and binding, decrypt; raises :class:`SealError` at the first
+        failure."""
+        record = msg.content.config_records.get(wire.UPDATE)
         envelope = record.get(wire.ENVELOPE) if record is not None else None
         if not isinstance(envelope, bytes):
-            what = "an unsealed update" if wire.ARRAYS in content else "no sealed update"
-            raise SealError("malformed", f"reply carries {what}; this run accepts sealed only")
-        opened = open_update(
-            envelope,
-            server_private=self.keys.exchange,
-            known_signers=self.signers,
-            run_id=self.run_id,
-            round=rnd,
-            seen=self.guard,
-        )
+            raise SealError("malformed", "reply carries no update envelope")
+        checks = {
+            "known_signers": self.signers,
+            "run_id": self.run_id,
+            "round": rnd,
+            "seen": self.guard,
+        }
+        if self.sealed:
+            opened = open_update(envelope, server_private=self.keys.exchange, **checks)
+        else:
+            opened = open_signed_update(envelope, **checks)
+        self._bind(opened.node_id, msg.metadata.src_node_id, rnd)
         if self.guard_path is not None:  # before the update can count: never accepted twice
             atomic_write_json(self.guard_path, self.guard.to_dict())
         plain = wire.update_from_payload(opened.payload)
@@ -221,10 +265,23 @@ class SealedTraffic:
             )
         return OpenedReply(plain, opened.node_id, opened.message_id)
 
-    def check_refusal(self, content: RecordDict, rnd: int) -> None:
-        """A refusal in a sealed run must be the claimed node's own signed ledger entry for
-        this run and round; otherwise a relay could make a site look as if it refused."""
-        record = content[wire.REFUSAL]
+    def _bind(self, signer: str, src_node_id: int, rnd: int) -> None:
+        """One Flower node per signer for the whole run, one accepted reply per signer per round."""
+        bound = self.senders.setdefault(signer, src_node_id)
+        if bound != src_node_id:
+            raise SealError(
+                "malformed", f"{signer} answers from Flower node {src_node_id}, bound to {bound}"
+            )
+        done = self.answered.setdefault(rnd, set())
+        if signer in done:
+            raise SealError("duplicate", f"{signer} already has an accepted reply this round")
+        done.add(signer)
+
+    def check_refusal(self, msg: Message, rnd: int) -> None:
+        """A refusal must be the claimed node's own signed ledger entry for this run and round,
+        and say exactly what that entry says; otherwise a relay could make a site look as if
+        it refused, or change what its refusal reports."""
+        record = msg.content[wire.REFUSAL]
         node = str(record.get("node"))
         key = self.signers.get(node)
         if key is None:
@@ -245,8 +302,25 @@ class SealedTraffic:
             raise SealError("wrong-run", f"refusal is for run {body.get('run_id')!r}")
         if body.get("round") != rnd:
             raise SealError("wrong-round", f"refusal is for round {body.get('round')!r}, not {rnd}")
-        if body.get("reason") != record.get("reason") or entry.hash != record.get("ledger-hash"):
+        if not _refusal_matches(record, entry):
             raise SealError("tampered", "refusal differs from the node's signed ledger entry")
+        self._bind(node, msg.metadata.src_node_id, rnd)
+
+
+def _refusal_matches(record: ConfigRecord, entry: ChainEntry) -> bool:
+    """Every value the refusal reports is the signed entry's own: reason, head, count, epsilon."""
+    body = entry.body
+    claimed = record.get("projected-epsilon")
+    signed = body.get("projected_epsilon")
+    same_epsilon = (signed is None and isinstance(claimed, float) and math.isnan(claimed)) or (
+        signed is not None and claimed == signed
+    )
+    return (
+        body.get("reason") == record.get("reason")
+        and entry.hash == record.get("ledger-hash")
+        and record.get("ledger-count") == entry.seq + 1
+        and same_epsilon
+    )
 
 
 def seal_reason(err: SealError) -> str:

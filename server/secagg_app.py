@@ -35,6 +35,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from server import wire
 from server.federation import (
+    REPLAY_GUARD_FILE,
     RunState,
     ServerSettings,
     end_of_round_hook,
@@ -42,6 +43,7 @@ from server.federation import (
     round_config,
     start_run,
 )
+from server.sealing import SignedTraffic
 from server.validation import update_problem
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,10 @@ def build_secagg_server_app(settings: ServerSettings) -> ServerApp:
 def run_secagg_federation(grid: Grid, context: Context, settings: ServerSettings) -> None:
     state = start_run(settings)
     scenario = settings.scenario
-    strategy = SecAggRecordingStrategy(state)
+    traffic = SignedTraffic.for_run(
+        state.keys, state.signers, state.run_id, settings.run_dir / REPLAY_GUARD_FILE, sealed=False
+    )
+    strategy = SecAggRecordingStrategy(state, traffic)
     legacy = LegacyContext(
         context=context,
         config=ServerConfig(
@@ -79,7 +84,7 @@ def secagg_workflow(state: RunState) -> SecAggPlusWorkflow:
     return SecAggPlusWorkflow(
         num_shares=sec.secagg_num_shares,
         reconstruction_threshold=sec.secagg_reconstruction_threshold,
-        max_weight=sec.secagg_max_weight or float(len(state.splits.train)),
+        max_weight=1.0,  # every site weighs 1 (server.wire.weigh_uniformly); 0 when it refuses
         clipping_range=sec.secagg_clipping_range,
         quantization_range=sec.secagg_quantization_range,
         timeout=sec.secagg_timeout,
@@ -89,7 +94,7 @@ def secagg_workflow(state: RunState) -> SecAggPlusWorkflow:
 class SecAggRecordingStrategy(LegacyFedAvg):
     """Legacy FedAvg whose aggregate is SecAgg+'s sum, plus the run's rows and evaluation."""
 
-    def __init__(self, state: RunState) -> None:
+    def __init__(self, state: RunState, traffic: SignedTraffic) -> None:
         scenario = state.settings.scenario
         nodes = max(2, min(scenario.strategy.min_train_nodes, scenario.federation.num_clients))
         super().__init__(
@@ -100,6 +105,7 @@ class SecAggRecordingStrategy(LegacyFedAvg):
             initial_parameters=to_parameters(state.initial.to_numpy_ndarrays()),
         )
         self.state = state
+        self.traffic = traffic
         self.names = list(state.initial.keys())
         self.latest = state.initial
         self.pending_rows: dict[int, list[dict[str, Any]]] = {}
@@ -110,11 +116,13 @@ class SecAggRecordingStrategy(LegacyFedAvg):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         rnd = server_round + self.state.offset
+        signed = {**round_config(self.state), wire.TENSOR_NAMES: json.dumps(self.names)}
+        arrays = self.named(to_ndarrays(parameters))
         config: dict[str, Scalar] = {
-            **round_config(self.state),
-            wire.ROUND: rnd,
-            wire.TENSOR_NAMES: json.dumps(self.names),
+            wire.SIGNED_REQUEST: self.traffic.sign_legacy_request(signed, arrays, rnd),
         }
+        if self.state.settings.sim_nodes_dir is not None:
+            config[wire.SIM_NODES_DIR] = str(self.state.settings.sim_nodes_dir)
         clients = client_manager.sample(
             num_clients=self.num_fit_clients(client_manager.num_available())[0],
             min_num_clients=self.min_fit_clients,

@@ -1,44 +1,51 @@
 """The message contract between the ServerApp and the ClientApp, in one place.
 
-Server -> client (train): ``config`` with the keys below, and the global model either as
-``arrays`` (plain runs) or, when updates are sealed, as ``signed-global`` (the safetensors bytes
-wrapped by :func:`fedmodel.crypto.seal.sign_global`, so a node trains only on a model the
-server signed for this run and round) plus the server's X25519 key in ``config``.
+Server -> client (train): one ``signed-request`` record holding a blob the server signed
+(:func:`fedmodel.crypto.seal.sign_request`): every config value below, as JSON, and the global
+model's safetensors bytes. A node verifies the blob against its pinned server key before it reads
+any of it; nothing else in the message is read, except ``sim-nodes-dir`` in simulation (where the
+virtual node learns its own folder from the in-process server; deployment nodes have theirs in
+``--node-config``).
 
 Client -> server: one of
 
-* ``arrays`` + ``metrics`` + ``node``: a trained update in plaintext;
-* ``sealed`` + ``node``: the same update sealed to the server (:func:`update_payload` is the
-  plaintext: tensors *and* metrics, so the relay can neither read the weights nor change the
-  ``num-examples`` FedAvg weighs them by). ``node`` here is only a claim for the records of a
-  reply that fails to open; the opened payload says who really sent it;
-* ``refusal``: the node's policy or budget said no; nothing was trained.
+* ``update`` + ``node``: the trained update as one envelope, signed by the node's registered key
+  for this run and round, and sealed to the server when the run seals
+  (:func:`update_payload` is the plaintext: tensors *and* metrics, so the relay can change
+  neither). ``node`` is only a claim for the records of a reply that fails to open; the envelope
+  says who really sent it;
+* ``refusal``: the node's policy or budget said no; nothing was trained. It carries the node's
+  signed ledger line for the refusal.
+
+Metrics a node sends by default are accounting parameters only (noise multiplier, sample rate,
+steps, clipping norm, epsilon, delta, ledger count). Training loss, accuracy and the example count
+leave a site only when its policy opts in, noised and charged to its ledger.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 if TYPE_CHECKING:
     import torch
 
-# config keys (server -> client)
+# config keys (server -> client, inside the signed request)
 ROUND = "server-round"
 NUM_ROUNDS = "num-rounds"
 RUN_ID = "run-id"
 SCENARIO = "scenario"
-SIM_NODES_DIR = "sim-nodes-dir"
 PROXIMAL_MU = "proximal-mu"
-SERVER_EXCHANGE_KEY = "server-exchange-key"  # raw X25519 public key; nodes check their pin
+SERVER_EXCHANGE_KEY = "server-exchange-key"  # hex of the raw X25519 key; nodes check their pin
 TENSOR_NAMES = "tensor-names"  # SecAgg+ (legacy lists of arrays): JSON list, state-dict order
+SIM_NODES_DIR = "sim-nodes-dir"  # simulation only, outside the signature (see the docstring)
 
 # record names (server -> client)
 CONFIG = "config"
-SIGNED_GLOBAL = "signed-global"
+SIGNED_REQUEST = "signed-request"
 BLOB = "blob"
 
 # record names (client -> server)
@@ -46,9 +53,11 @@ ARRAYS = "arrays"
 METRICS = "metrics"
 NODE = "node"
 REFUSAL = "refusal"
-SEALED = "sealed"
+UPDATE = "update"
 ENVELOPE = "envelope"
 LEDGER_ENTRY = "ledger-entry"  # in a refusal: the node's signed ledger line for it
+UNIT_WEIGHT = "unit-weight"  # what FedAvg weighs by: 1 for every accepted site (set by the server)
+MAX_REPLY_META = 64 * 1024  # bytes of metrics + node record inside an update payload
 
 # the tensor that carries metrics and node record inside a sealed payload; a dunder name cannot
 # collide with a module's parameter names
@@ -58,6 +67,7 @@ METRIC_KEYS = (
     "num-examples", "partition-id", "train-loss", "train-accuracy", "epsilon", "epsilon-rdp",
     "delta", "noise-multiplier", "sample-rate", "steps", "max-grad-norm", "ledger-count",
 )  # fmt: skip
+# what a node may report about itself; anything else in a reply's metrics is dropped unread
 
 
 def refusal_record(
@@ -89,17 +99,26 @@ def refusal_record(
 def update_record(
     arrays: ArrayRecord, metrics: Mapping[str, int | float], node: Mapping[str, str]
 ) -> RecordDict:
-    """A plaintext trained update: exactly one ArrayRecord and one MetricRecord, as FedAvg needs."""
+    """An opened update, as strategies aggregate it: one ArrayRecord and one MetricRecord."""
     return RecordDict(
         {ARRAYS: arrays, METRICS: MetricRecord(dict(metrics)), NODE: ConfigRecord(dict(node))}
     )
 
 
-def sealed_record(envelope: bytes, node_name: str) -> RecordDict:
-    """A sealed update: ConfigRecord bytes go to the wire as they are (no numpy round trip)."""
+def envelope_record(envelope: bytes, node_name: str) -> RecordDict:
+    """A node's reply: its envelope (sealed or signed) as ConfigRecord bytes, which go to the
+    wire as they are, one object instead of one per tensor."""
     return RecordDict(
-        {SEALED: ConfigRecord({ENVELOPE: envelope}), NODE: ConfigRecord({"name": node_name})}
+        {UPDATE: ConfigRecord({ENVELOPE: envelope}), NODE: ConfigRecord({"name": node_name})}
     )
+
+
+def request_record(blob: bytes, sim_nodes_dir: str | None = None) -> RecordDict:
+    """A training request: the signed blob (and, in simulation, where the virtual nodes live)."""
+    values: dict[str, Any] = {BLOB: blob}
+    if sim_nodes_dir:
+        values[SIM_NODES_DIR] = sim_nodes_dir
+    return RecordDict({SIGNED_REQUEST: ConfigRecord(values)})
 
 
 def update_payload(
@@ -127,11 +146,18 @@ def update_from_payload(payload: bytes) -> RecordDict:
 
     tensors = state_dict_from_bytes(payload)
     reply = tensors.pop(REPLY_TENSOR, None)
+    if reply is None or reply.dim() != 1 or reply.numel() > MAX_REPLY_META:
+        raise SealError("malformed", "update payload lacks a bounded metrics and node record")
     try:
-        meta = json.loads(bytes(reply.tolist()).decode()) if reply is not None else None
-        metrics, node = dict(meta[METRICS]), {str(k): str(v) for k, v in meta[NODE].items()}
-    except (TypeError, KeyError, ValueError, UnicodeDecodeError):
-        raise SealError("malformed", "sealed payload lacks its metrics and node record") from None
+        meta = json.loads(reply.numpy().tobytes().decode())
+        metrics = {
+            str(k): v
+            for k, v in dict(meta[METRICS]).items()
+            if k in METRIC_KEYS and isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        node = {str(k): str(v) for k, v in meta[NODE].items()}
+    except (TypeError, KeyError, ValueError, UnicodeDecodeError, AttributeError):
+        raise SealError("malformed", "update payload lacks its metrics and node record") from None
     return update_record(ArrayRecord(tensors), metrics, node)
 
 
@@ -154,6 +180,7 @@ def client_row(content: RecordDict) -> dict[str, Any]:
     row["reason"] = None
     row["partition_id"] = int(row.get("partition_id", -1))
     row["ledger_head"] = {"hash": str(node["ledger-hash"]), "count": int(m["ledger-count"])}
+    row["released"] = sorted(str(node.get("releases", "model-update")).split(","))
     return row
 
 
@@ -163,6 +190,13 @@ def short_reason(text: str, limit: int = 300) -> str:
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     last = lines[-1] if lines else ""
     return last if len(last) <= limit else last[: limit - 1] + "…"
+
+
+def weigh_uniformly(replies: Iterable[Message]) -> None:
+    """Every accepted site counts once: no site can claim a larger weight, and example counts
+    (private at a site) need not leave it. Central DP's noise is calibrated for this mean too."""
+    for msg in replies:
+        msg.content[METRICS][UNIT_WEIGHT] = 1
 
 
 def claimed_node(content: RecordDict, src_node_id: int) -> str:

@@ -1,18 +1,25 @@
-"""Sealed model updates (node -> server) and signed global models (server -> nodes).
+"""Signed messages both ways: requests (server -> nodes), updates (node -> server), sealed or not.
 
-The Flower relay (SuperLink) stores and forwards every message, so TLS alone leaves it holding
-each hospital's update in plaintext. A sealed update is readable only by the ServerApp's X25519
-key and provably comes from one registered node, for one run and one round, once:
+The Flower relay (SuperLink) stores and forwards every message and may change any of them.
 
-* confidentiality: ephemeral X25519 with the server's pinned key, HKDF-SHA256, AES-256-GCM;
-* origin: the node's Ed25519 key signs the header (which carries the ephemeral key) and GCM tag;
-* freshness: run id, round and a random 128-bit message id sit in the signed header; the server
-  rejects other runs/rounds and remembers accepted ids per round (:class:`ReplayGuard`).
+* **Requests** are signed whole by the server (:func:`sign_request`): every config value a node
+  reads (scenario, planned rounds, FedProx mu, the server's exchange key) and the SHA-256 of the
+  global model. A node verifies against its pinned key before it reads anything
+  (:func:`open_request`), so a relay can neither push its own model nor switch sealing off,
+  change epochs or the sampling scheme, or shorten the plan a node calibrates its noise for.
+* **Sealed updates** (:func:`seal_update`) are readable only by the ServerApp's X25519 key and
+  provably come from one registered node, for one run and one round, once:
 
-The global model goes the other way in plaintext (every node receives the same bytes, so there is
-nothing to hide from the relay that the nodes will not see) but signed by the server, so a rogue
-relay cannot push its own model. See docs/security.md for the threat model and the argument for
-signing the GCM tag instead of a hash of the ciphertext.
+  * confidentiality: ephemeral X25519 with the server's pinned key, HKDF-SHA256, AES-256-GCM;
+  * origin: the node's Ed25519 key signs the header (which carries the ephemeral key) and tag;
+  * freshness: run id, round and a random 128-bit message id sit in the signed header; the
+    server rejects other runs/rounds and remembers accepted ids per round (:class:`ReplayGuard`).
+* **Signed plain updates** (:func:`sign_update`): the same origin and freshness, no
+  confidentiality, for runs that do not seal.
+
+The global model travels in plaintext (every node receives the same bytes, so there is nothing to
+hide from the relay that the nodes will not see). See docs/security.md for the threat model and
+the argument for signing the GCM tag instead of a hash of the ciphertext.
 
 Only ``cryptography`` primitives are used; payloads are never base64-encoded or copied more than
 the cipher itself requires, because a MiniLM update is ~91 MB.
@@ -23,11 +30,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import json
 import os
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -57,15 +65,21 @@ SealReason = Literal[
 # made here must never verify as anything else (and vice versa).
 _SEAL_SIG_LABEL = b"fedmodel/sealed-update/v1/signature\x00"
 _SEAL_KDF_LABEL = b"fedmodel/sealed-update/v1/aes-256-gcm\x00"
-_GLOBAL_SIG_LABEL = b"fedmodel/global-model/v1/signature\x00"
+_REQUEST_SIG_LABEL = b"fedmodel/request/v1/signature\x00"
+_PLAIN_SIG_LABEL = b"fedmodel/signed-update/v1/signature\x00"
 
 _VERSION = 1
 _SEAL_MAGIC = b"FMSU"
-_GLOBAL_MAGIC = b"FMSG"
+_REQUEST_MAGIC = b"FMRQ"
+_PLAIN_MAGIC = b"FMSP"
+_RUN_ID = "run-id"
+_RUN_ROUND = "server-round"
 # magic, version, round, message id, recipient fingerprint, ephemeral key, nonce, ct len, id lens
 _SEAL_FIXED = struct.Struct(">4sBI16s32s32s12sQHH")
-# magic, version, round, SHA-256 of payload, payload len, run id len
-_GLOBAL_FIXED = struct.Struct(">4sBI32sQH")
+# magic, version, round, SHA-256 of payload, payload len, config JSON len
+_REQUEST_FIXED = struct.Struct(">4sBI32sQI")
+# magic, version, round, message id, SHA-256 of payload, payload len, run id len, node id len
+_PLAIN_FIXED = struct.Struct(">4sBI16s32sQHH")
 _TAG_LEN = 16
 _SIG_LEN = 64
 _MAX_ROUND = 2**32 - 1
@@ -74,8 +88,10 @@ _MAX_PAYLOAD = 2**31 - 1  # cryptography's one-shot AEAD limit; checked before a
 
 SEAL_FIXED_OVERHEAD = _SEAL_FIXED.size + _TAG_LEN + _SIG_LEN
 """Envelope bytes beyond the payload, plus the UTF-8 run id and node id (193 + ids)."""
-GLOBAL_FIXED_OVERHEAD = _GLOBAL_FIXED.size + _SIG_LEN
-"""Signed-global bytes beyond the payload, plus the UTF-8 run id (115 + id)."""
+REQUEST_FIXED_OVERHEAD = _REQUEST_FIXED.size + _SIG_LEN
+"""Signed-request bytes beyond the payload, plus the config JSON (117 + config)."""
+PLAIN_FIXED_OVERHEAD = _PLAIN_FIXED.size + _SIG_LEN
+"""Signed plain update bytes beyond the payload, plus the two ids (137 + ids)."""
 
 
 class SealError(FedmodelError):
@@ -267,39 +283,137 @@ def load_server_public(raw: bytes, pinned_fingerprint: str) -> X25519PublicKey:
     return key
 
 
-# --- signed global model (server -> nodes) -----------------------------------------------------
+# --- signed requests (server -> nodes) ---------------------------------------------------------
 
 
-def sign_global(
-    payload: bytes, server_signing_key: Ed25519PrivateKey, run_id: str | int, round: int
+@dataclass(frozen=True)
+class SignedRequest:
+    """A training request the pinned server signed: every config value, and the global model."""
+
+    run_id: str
+    round: int
+    config: dict[str, Any]
+    payload: bytes
+
+
+def sign_request(
+    payload: bytes, server_signing_key: Ed25519PrivateKey, config: Mapping[str, Any]
 ) -> bytes:
-    """Wrap the broadcast model as header || payload || signature(header incl. SHA-256(payload))."""
-    _check_round(round)
-    run = _encode_id(str(run_id), "run id")
+    """Wrap the whole request: header (canonical JSON config, SHA-256 of the model) || payload ||
+    Ed25519 signature over the header.
+
+    ``config`` must hold ``run-id`` (str) and ``server-round`` (int), plus every value the node
+    will read (scenario, planned rounds, FedProx mu, the server's exchange key as hex, ...): a
+    node reads nothing a relay could have changed, because it reads only this. Values must be
+    JSON (str, int, float, bool, lists, objects).
+    """
+    round_ = config.get(_RUN_ROUND)
+    if not isinstance(config.get(_RUN_ID), str) or not isinstance(round_, int):
+        raise SealError("malformed", f"a request config needs {_RUN_ID} (str), {_RUN_ROUND} (int)")
+    _check_round(round_)
+    try:
+        text = json.dumps(dict(config), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise SealError("malformed", f"request config is not JSON: {err}") from None
+    body = text.encode("utf-8")
     digest = hashlib.sha256(payload).digest()
     header = (
-        _GLOBAL_FIXED.pack(_GLOBAL_MAGIC, _VERSION, round, digest, len(payload), len(run)) + run
+        _REQUEST_FIXED.pack(_REQUEST_MAGIC, _VERSION, round_, digest, len(payload), len(body))
+        + body
     )
-    signature = server_signing_key.sign(_GLOBAL_SIG_LABEL + header)
+    signature = server_signing_key.sign(_REQUEST_SIG_LABEL + header)
     return b"".join((header, payload, signature))
 
 
-def verify_global(
-    blob: bytes, server_verify_key: Ed25519PublicKey, run_id: str | int, round: int
-) -> bytes:
-    """Return the payload if the server signed it for this run and round, else raise SealError."""
+def open_request(blob: bytes, server_verify_key: Ed25519PublicKey) -> SignedRequest:
+    """The request, if the pinned server signed it; raises :class:`SealError` otherwise.
+
+    The signature is checked before a byte of the config is parsed; freshness (run, round, a
+    replay) is the node's ledger's business (:mod:`fedmodel.privacy.spend`).
+    """
     view = memoryview(blob)
-    fixed = _unpack_fixed(_GLOBAL_FIXED, _GLOBAL_MAGIC, view)
-    header_round, digest, payload_len, run_len = fixed[2:]
-    header_len = _GLOBAL_FIXED.size + run_len
+    fixed = _unpack_fixed(_REQUEST_FIXED, _REQUEST_MAGIC, view)
+    header_round, digest, payload_len, config_len = fixed[2:]
+    header_len = _REQUEST_FIXED.size + config_len
     _expect_len(view, header_len + payload_len + _SIG_LEN)
-    _verify(server_verify_key, view[-_SIG_LEN:], _GLOBAL_SIG_LABEL + view[:header_len].tobytes())
-    header_run = _decode_id(view[_GLOBAL_FIXED.size : header_len])
-    _check_context(header_run, header_round, run_id, round)
+    _verify(server_verify_key, view[-_SIG_LEN:], _REQUEST_SIG_LABEL + view[:header_len].tobytes())
+    try:
+        config = json.loads(view[_REQUEST_FIXED.size : header_len].tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise SealError("malformed", "signed request config is not JSON") from None
+    run_id, round_ = config.get(_RUN_ID), config.get(_RUN_ROUND)
+    if not isinstance(config, dict) or not isinstance(run_id, str) or round_ != header_round:
+        raise SealError("malformed", "signed request config lacks its run id or round")
     payload = view[header_len : header_len + payload_len]
     if not hmac.compare_digest(hashlib.sha256(payload).digest(), digest):
         raise SealError("tampered", "global model bytes do not match the signed digest")
-    return payload.tobytes()
+    return SignedRequest(run_id, header_round, config, payload.tobytes())
+
+
+def peek_request(blob: bytes) -> tuple[str, int]:
+    """The run id and round a request's header *claims*, without verifying anything.
+
+    Only for labelling the refusal of a request that failed verification; never act on it.
+    """
+    view = memoryview(blob)
+    fixed = _unpack_fixed(_REQUEST_FIXED, _REQUEST_MAGIC, view)
+    header_round, config_len = fixed[2], fixed[5]
+    raw = view[_REQUEST_FIXED.size : _REQUEST_FIXED.size + min(config_len, 1 << 20)].tobytes()
+    try:
+        run_id = json.loads(raw.decode("utf-8")).get(_RUN_ID)
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        run_id = None
+    return (run_id[:64] if isinstance(run_id, str) and run_id else "unknown"), int(header_round)
+
+
+# --- signed plain updates (node -> server, when the run does not seal) -------------------------
+
+
+def sign_update(
+    payload: bytes,
+    *,
+    signer: Ed25519PrivateKey,
+    run_id: str | int,
+    round: int,
+    node_id: str,
+) -> bytes:
+    """An unencrypted update, signed as ``node_id`` for this run and round: the relay can read it
+    (the run chose not to seal), but cannot change it or pass it off as another node's."""
+    _check_round(round)
+    run, node = _encode_id(str(run_id), "run id"), _encode_id(node_id, "node id")
+    header = _PLAIN_FIXED.pack(
+        _PLAIN_MAGIC, _VERSION, round, os.urandom(16), hashlib.sha256(payload).digest(),
+        len(payload), len(run), len(node),
+    ) + run + node  # fmt: skip
+    signature = signer.sign(_PLAIN_SIG_LABEL + header)
+    return b"".join((header, payload, signature))
+
+
+def open_signed_update(
+    envelope: bytes,
+    *,
+    known_signers: Mapping[str, Ed25519PublicKey],
+    run_id: str | int,
+    round: int,
+    seen: ReplayGuard,
+) -> OpenedUpdate:
+    """Verify a :func:`sign_update` envelope like :func:`open_update` does a sealed one."""
+    view = memoryview(envelope)
+    fixed = _unpack_fixed(_PLAIN_FIXED, _PLAIN_MAGIC, view)
+    round_, message_id, digest, payload_len, run_len, node_len = fixed[2:]
+    header_len = _PLAIN_FIXED.size + run_len + node_len
+    _expect_len(view, header_len + payload_len + _SIG_LEN)
+    ids = view[_PLAIN_FIXED.size : header_len]
+    header_run, node_id = _decode_id(ids[:run_len]), _decode_id(ids[run_len:])
+    signed = _PLAIN_SIG_LABEL + view[:header_len].tobytes()
+    _verify(_signer_key(known_signers, node_id), view[-_SIG_LEN:], signed)
+    _check_context(header_run, round_, run_id, round)
+    seen.check(run_id, round, message_id.hex())
+    payload = view[header_len : header_len + payload_len]
+    if not hmac.compare_digest(hashlib.sha256(payload).digest(), digest):
+        raise SealError("tampered", f"update from {node_id} does not match its signed digest")
+    seen.record(run_id, round, message_id.hex())
+    return OpenedUpdate(node_id=node_id, payload=payload.tobytes(), message_id=message_id.hex())
 
 
 # --- payload helpers ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedmodel.privacy.ledger import LedgerEntry
+from fedmodel.privacy.ledger import NO_DP, LedgerEntry
 from fedmodel.report.crosscheck import relative_difference
 from fedmodel.report.ledgers import VerifiedLedger
 from fedmodel.report.model import Refusal, RoundFailure
@@ -86,13 +86,13 @@ def from_ledger(run_id: str, ledger: VerifiedLedger) -> Evidence:
     other_runs: set[str] = set()
     for entry in ledger.entries:
         same_run = entry.run_id == run_id
-        if entry.kind == "round":
+        if entry.spends:
             ev.history += [list(h) for h in entry.history]
-            if same_run:
+            if same_run and entry.kind == "round" and entry.mechanism != NO_DP:
                 ev.trained.append(_trained_from_entry(entry))
-            else:
+            elif not same_run:
                 other_runs.add(entry.run_id)
-        elif same_run:
+        elif entry.kind == "refusal" and same_run:
             ev.refusals.append(
                 Refusal(entry.round, entry.reason or "refused", entry.projected_epsilon, "ledger")
             )

@@ -36,6 +36,7 @@ class Federation:
     insecure: bool = False
     round_timeout: float = 30.0
     budget: float = 50.0
+    unbudgeted: list[str] = field(default_factory=list)  # nodes with no cap (no-DP sites)
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)
     deployment: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -77,15 +78,16 @@ def _make_node(fed: Federation, name: str, index: int) -> None:
         deployment |= {"root_certificates": "pki/ca.crt", "auth_key": f"keys/{name}.auth"}
     deployment |= fed.deployment.get("*", {}) | fed.deployment.get(name, {})
     parts = len(fed.registered)
-    cfg = {
+    cfg: dict[str, Any] = {
         "name": name,
         "ledger_dir": "ledger",
         "signing_key": f"keys/{name}.ed25519",
-        "budget": {"epsilon": fed.budget, "delta": 1e-5},
         "policy": fed.policies.get(name, {}),
         "data": {"partition_id": index % parts, "num_partitions": parts},
         "deployment": deployment,
     }
+    if name not in fed.unbudgeted:
+        cfg["budget"] = {"epsilon": fed.budget, "delta": 1e-5}
     fed.node_toml(name).write_text(_dump_toml(cfg))
 
 

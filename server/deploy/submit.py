@@ -114,9 +114,10 @@ def _run_config_file(cfg: ServerConfig, scenario: ScenarioConfig, run_dir: Path)
         "transport-tls": cfg.tls is not None,
         "transport-node-auth": cfg.node_auth,
     }
-    if scenario.security.sealed_updates:
-        values["server-keys-dir"] = str(cfg.server_keys_dir)
-        values["registered-keys-dir"] = str(write_registry(cfg))
+    # every request is signed with the keys the sites pinned and every reply must be a
+    # registered node's signed envelope, sealed or not
+    values["server-keys-dir"] = str(cfg.server_keys_dir)
+    values["registered-keys-dir"] = str(write_registry(cfg))
     text = "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items())
     fd, name = tempfile.mkstemp(prefix="run-config-", suffix=".toml", dir=cfg.state_dir)
     with open(fd, "w", encoding="utf-8") as fh:
@@ -125,10 +126,10 @@ def _run_config_file(cfg: ServerConfig, scenario: ScenarioConfig, run_dir: Path)
 
 
 def write_registry(cfg: ServerConfig) -> Path:
-    """``<name>.ed25519.pub`` for every node with a ledger key: who may send sealed updates."""
+    """``<name>.ed25519.pub`` for every node with a ledger key: whose replies count."""
     nodes = [n for n in cfg.nodes if n.ledger_public_key is not None]
     if not nodes:
-        raise ConfigError("sealed updates need ledger_public_key for the nodes in server.toml")
+        raise ConfigError("server.toml: nodes need ledger_public_key (their replies are signed)")
     registry = cfg.registry_dir
     registry.mkdir(parents=True, exist_ok=True)
     for stale in registry.glob("*.ed25519.pub"):

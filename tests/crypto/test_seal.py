@@ -1,4 +1,5 @@
-"""Every way a sealed update or a signed global model can be forged, replayed or misrouted fails.
+"""Every way a sealed or signed update, or a signed request, can be forged, replayed or misrouted
+fails.
 
 The relay (SuperLink) is the adversary here: it can change, drop, reorder and replay any byte it
 carries, and it can read everything not sealed. Each test names the attack and the ``reason`` the
@@ -16,18 +17,22 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedmodel.crypto.keys import fingerprint
 from fedmodel.crypto.seal import (
-    GLOBAL_FIXED_OVERHEAD,
+    PLAIN_FIXED_OVERHEAD,
+    REQUEST_FIXED_OVERHEAD,
     SEAL_FIXED_OVERHEAD,
     OpenedUpdate,
     ReplayGuard,
     SealError,
     load_server_public,
+    open_request,
+    open_signed_update,
     open_update,
+    peek_request,
     seal_update,
-    sign_global,
+    sign_request,
+    sign_update,
     state_dict_from_bytes,
     state_dict_to_bytes,
-    verify_global,
 )
 from fedmodel.errors import FedmodelError
 
@@ -259,7 +264,9 @@ def test_pinned_server_key(server) -> None:
     assert _reason(load_server_public, raw[:31], pin) == "malformed"
 
 
-# --- the server-signed global model ------------------------------------------------------------
+# --- the server-signed request ----------------------------------------------------------------
+
+CONFIG = {"run-id": RUN, "server-round": ROUND, "scenario": '{"dp": {"noise": 1.0}}', "mu": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -269,43 +276,70 @@ def server_signing() -> Ed25519PrivateKey:
 
 @pytest.fixture
 def blob(server_signing) -> bytes:
-    return sign_global(PAYLOAD, server_signing, RUN, ROUND)
+    return sign_request(PAYLOAD, server_signing, CONFIG)
 
 
-def test_global_round_trip(blob, server_signing) -> None:
-    assert verify_global(blob, server_signing.public_key(), RUN, ROUND) == PAYLOAD
-    assert len(blob) - len(PAYLOAD) == GLOBAL_FIXED_OVERHEAD + len(RUN)
+def test_request_round_trip(blob, server_signing) -> None:
+    request = open_request(blob, server_signing.public_key())
+    assert (request.run_id, request.round, request.payload) == (RUN, ROUND, PAYLOAD)
+    assert request.config == CONFIG
+    config_len = len(blob) - len(PAYLOAD) - REQUEST_FIXED_OVERHEAD
+    assert config_len == len(
+        b'{"mu":0.1,"run-id":"run-42","scenario":"{\\"dp\\": {\\"noise\\": 1.0}}","server-round":3}'
+    )
+    assert peek_request(blob) == (RUN, ROUND)
 
 
-def test_global_wrong_server_key(blob) -> None:
+def test_request_wrong_server_key(blob) -> None:
     rogue = Ed25519PrivateKey.generate()
-    assert _reason(verify_global, blob, rogue.public_key(), RUN, ROUND) == "bad-signature"
-    forged = sign_global(PAYLOAD, rogue, RUN, ROUND)
-    assert _reason(
-        verify_global, forged, Ed25519PrivateKey.generate().public_key(), RUN, ROUND
-    ) == ("bad-signature")
+    assert _reason(open_request, blob, rogue.public_key()) == "bad-signature"
 
 
-def test_global_changed_byte_anywhere(blob, server_signing) -> None:
+def test_request_changed_byte_anywhere(blob, server_signing) -> None:
+    """Config, model, lengths or signature: every single changed byte is caught."""
     public = server_signing.public_key()
     payload_start = len(blob) - len(PAYLOAD) - SIG_LEN
-    reasons = {}
-    for i in range(len(blob)):
-        reasons[i] = _reason(verify_global, _flip(blob, i), public, RUN, ROUND)
+    reasons = {i: _reason(open_request, _flip(blob, i), public) for i in range(len(blob))}
     assert set(reasons.values()) <= {"malformed", "bad-signature", "tampered"}
+    assert all(reasons[i] in ("malformed", "bad-signature") for i in range(payload_start))
     assert reasons[payload_start] == reasons[len(blob) - SIG_LEN - 1] == "tampered"
     assert reasons[len(blob) - 1] == "bad-signature"
 
 
-def test_global_wrong_round_and_run(blob, server_signing) -> None:
-    public = server_signing.public_key()
-    assert _reason(verify_global, blob, public, RUN, ROUND + 1) == "wrong-round"
-    assert _reason(verify_global, blob, public, "run-0", ROUND) == "wrong-run"
+def test_request_needs_run_and_round(server_signing) -> None:
+    assert _reason(sign_request, PAYLOAD, server_signing, {"run-id": RUN}) == "malformed"
+    bad = {**CONFIG, "x": float("nan")}
+    assert _reason(sign_request, PAYLOAD, server_signing, bad) == "malformed"
+
+
+# --- signed plain updates (runs that do not seal) ---------------------------------------------
+
+
+def test_signed_update_round_trip_and_its_checks(node_key, signers) -> None:
+    envelope = sign_update(PAYLOAD, signer=node_key, run_id=RUN, round=ROUND, node_id=NODE)
+    assert len(envelope) - len(PAYLOAD) == PLAIN_FIXED_OVERHEAD + len(RUN) + len(NODE)
+    guard = ReplayGuard()
+    opened = open_signed_update(
+        envelope, known_signers=signers, run_id=RUN, round=ROUND, seen=guard
+    )
+    assert (opened.node_id, opened.payload) == (NODE, PAYLOAD)
+    again = {"known_signers": signers, "run_id": RUN, "round": ROUND, "seen": guard}
+    assert _reason(open_signed_update, envelope, **again) == "duplicate"
+    fresh = {**again, "seen": ReplayGuard()}
+    assert _reason(open_signed_update, envelope, **{**fresh, "round": ROUND + 1}) == "wrong-round"
+    assert _reason(open_signed_update, _flip(envelope, 50), **fresh) == "bad-signature"
+    assert _reason(open_signed_update, _flip(envelope, len(envelope) - 70), **fresh) == "tampered"
+    impostor = sign_update(
+        PAYLOAD, signer=Ed25519PrivateKey.generate(), run_id=RUN, round=ROUND, node_id=NODE
+    )
+    assert _reason(open_signed_update, impostor, **fresh) == "bad-signature"
 
 
 def test_formats_are_not_interchangeable(blob, envelope, server, signers, server_signing) -> None:
     assert _reason(_open, blob, server, signers) == "malformed"
-    assert _reason(verify_global, envelope, server_signing.public_key(), RUN, ROUND) == "malformed"
+    assert _reason(open_request, envelope, server_signing.public_key()) == "malformed"
+    fresh = {"known_signers": signers, "run_id": RUN, "round": ROUND, "seen": ReplayGuard()}
+    assert _reason(open_signed_update, envelope, **fresh) == "malformed"
 
 
 # --- errors ------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ would, every scenario folded into as few runs as possible (each run costs a Serv
 2. Run A (``fedmodel server run``), DP-SGD, 2 rounds, ``--min-nodes 1``: node-1 is killed
    (SIGKILL, its whole process group) as soon as round 1 is recorded; round 2 gives up on it
    after the round timeout and finishes with node-0.
-3. node-1 restarts (after a crash). Run C asks for no DP: node-0 (policy: require_dp) refuses,
-   node-1 (whose policy allows it) trains; the refusal is a row in metrics.jsonl.
+3. node-1 restarts (after a crash). Run C asks for no DP: node-1 (policy: require_dp) refuses,
+   node-0 (whose policy allows it, and which has no cap) trains; the refusal is a row in
+   metrics.jsonl, and node-0's ledger now says its epsilon is unbounded.
 4. Run B, DP-SGD with sealed updates (the sites pinned the ServerApp's keys that ``fedmodel
    server start`` made), 1 round: node-1's ledger continues where the crash left it.
 
@@ -74,7 +75,8 @@ class Deployment:
             ["node-0", "node-1", "rogue"],
             ["node-0", "node-1"],
             round_timeout=ROUND_TIMEOUT,
-            policies={"node-1": {"require_dp": False}},
+            policies={"node-0": {"require_dp": False}},
+            unbudgeted=["node-0"],  # a site that may train without DP has no finite cap
             deployment={"rogue": {"activation_grace": 0.0, "warm_launcher": False}},
         )
         self.root = root
@@ -202,7 +204,8 @@ def test_run_folder_written_over_tls_and_node_auth(story):
     assert [r["round"] for r in read_metrics(run_dir)] == [0, 1, 2]
     first = _clients(run_dir, 1)
     assert {n: c["status"] for n, c in first.items()} == {"node-0": "ok", "node-1": "ok"}
-    assert all(c["epsilon"] > 0 and c["ledger_head"]["count"] == 1 for c in first.values())
+    # a policy entry, then the round's spend: the head a reply names
+    assert all(c["epsilon"] > 0 and c["ledger_head"]["count"] == 2 for c in first.values())
     assert not (run_dir / "nodes").exists()  # real nodes keep their own disks
 
 
@@ -214,9 +217,10 @@ def test_killed_node_does_not_hang_the_run(story):
 
 def test_no_dp_run_is_refused_by_a_node_that_requires_dp(story):
     clients = _clients(story["dep"].run_dir("c"), 1)
-    assert clients["node-0"]["status"] == "refused"
-    assert "requires DP" in clients["node-0"]["reason"]
-    assert clients["node-1"]["status"] == "ok"  # its own policy allows it
+    assert clients["node-1"]["status"] == "refused"
+    assert "requires DP" in clients["node-1"]["reason"]
+    assert clients["node-0"]["status"] == "ok"  # its own policy allows it
+    assert "epsilon" not in clients["node-0"]  # no noise: nothing to account but "unbounded"
 
 
 def test_sealed_run_over_the_deployment(story):
@@ -234,7 +238,7 @@ def test_restarted_node_continues_its_ledger(story):
     assert after["epsilon"] > before["epsilon"]
     status = story["status"]
     assert status.running and status.connected, status
-    assert status.ledger_entries == after["ledger_head"]["count"]
+    assert status.ledger_entries == after["ledger_head"]["count"] + 1  # and the spend's commit
     assert status.epsilon_spent == pytest.approx(after["epsilon"], rel=1e-6)
     assert status.epsilon_left == pytest.approx(50.0 - after["epsilon"], rel=1e-6)
 

@@ -84,4 +84,4 @@ def test_flwr_run_dot_runs_the_apps(superlink, tmp_path):
     rounds = read_metrics(run_dir)
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert all(c["status"] == "ok" for c in rounds[2]["clients"])
-    assert rounds[2]["clients"][0]["ledger_head"]["count"] == 2
+    assert rounds[2]["clients"][0]["ledger_head"]["count"] == 4  # policy, spend, commit, spend

@@ -33,8 +33,8 @@ def test_resume_continues_at_round_two_with_saved_weights(tmp_path):
     rounds = read_metrics(run_dir)
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert info["run_id"] == meta["run_id"]
-    # the nodes' ledgers continued: round 2 is each node's second entry
-    assert all(c["ledger_head"]["count"] == 2 for c in rounds[2]["clients"])
+    # the nodes' ledgers continued: policy, round 1 and its commit, then round 2's spend
+    assert all(c["ledger_head"]["count"] == 4 for c in rounds[2]["clients"])
     assert (run_dir / "checkpoints" / "round-0002.safetensors").is_file()
 
 

@@ -72,8 +72,9 @@ def test_node_refuses_the_round_that_would_pass_its_own_cap(two_round_run):
     assert refusal["status"] == "refused"
     assert refusal["projected_epsilon"] > CAP_NODE0.epsilon
     assert "cap" in refusal["reason"] or "budget" in refusal["reason"]
-    # the refusal is itself a signed ledger entry; spending stays at one round
-    assert refusal["ledger_head"]["count"] == 2
+    # the refusal is itself a signed ledger entry (after node-0's policy, its one spend and that
+    # spend's commit); spending stays at one round
+    assert refusal["ledger_head"]["count"] == 4
     assert second["node-1"]["status"] == second["node-2"]["status"] == "ok"
 
 
@@ -81,7 +82,8 @@ def test_ledger_heads_are_recorded_per_round(two_round_run):
     rounds = read_metrics(two_round_run)
     for rnd in (1, 2):
         heads = {c["node"]: c["ledger_head"] for c in rounds[rnd]["clients"]}
-        assert all(h["count"] == rnd and len(h["hash"]) == 64 for h in heads.values()), heads
+        # policy, then per round: the spend (the head a reply names) and its commit
+        assert all(h["count"] == 2 * rnd and len(h["hash"]) == 64 for h in heads.values()), heads
 
 
 def test_report_of_the_real_run_holds_the_right_numbers(two_round_run, tmp_path):

@@ -9,17 +9,28 @@ run and attacked runs side by side.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from clients.client_app import train
+from clients.node_config import load_node_config
+from clients.sealing import load_pin
+from fedmodel.crypto.keys import load_signing_key
+from fedmodel.crypto.seal import (
+    ReplayGuard,
+    open_request,
+    open_signed_update,
+    sign_update,
+    state_dict_from_bytes,
+)
 from server import wire
 
 ATTACKED_PREFIX = "attacked-"
 ATTACKS = {0: "nan", 1: "scaled-sign-flip"}  # partition id -> what it sends
-FLIP_SCALE = -20.0  # sends global - 20 * (its honest update)
+FLIP_SCALE = -50.0  # sends global - 50 * (its honest update)
 
 
 def corrupt(kind: str, local: ArrayRecord, global_: ArrayRecord) -> ArrayRecord:
@@ -35,16 +46,42 @@ def corrupt(kind: str, local: ArrayRecord, global_: ArrayRecord) -> ArrayRecord:
 
 
 def attack_mod(msg: Message, context: Context, call_next) -> Message:
+    """A malicious site: it trains, then signs a corrupted update with its own (registered) key,
+    exactly as a compromised node could; signatures prove origin, not honesty."""
     reply = call_next(msg, context)
-    scenario = json.loads(str(msg.content[wire.CONFIG][wire.SCENARIO]))
     kind = ATTACKS.get(int(context.node_config["partition-id"]))
-    if kind is None or not scenario["name"].startswith(ATTACKED_PREFIX) or reply.has_error():
+    if kind is None or reply.has_error() or wire.UPDATE not in reply.content:
         return reply
-    if wire.ARRAYS in reply.content:
-        reply.content[wire.ARRAYS] = corrupt(
-            kind, reply.content[wire.ARRAYS], msg.content[wire.ARRAYS]
-        )
+    sim_dir = str(msg.content[wire.SIGNED_REQUEST][wire.SIM_NODES_DIR])
+    folder = Path(sim_dir) / f"node-{int(context.node_config['partition-id'])}"
+    request = open_request(
+        msg.content[wire.SIGNED_REQUEST][wire.BLOB], load_pin(folder).verify_key
+    )
+    if not json.loads(request.config[wire.SCENARIO])["name"].startswith(ATTACKED_PREFIX):
+        return reply
+    key = load_signing_key(folder / "keys" / "signing.ed25519")
+    opened = open_signed_update(
+        reply.content[wire.UPDATE][wire.ENVELOPE],
+        known_signers={"me": key.public_key()} | {_node_name(folder): key.public_key()},
+        run_id=request.run_id,
+        round=request.round,
+        seen=ReplayGuard(),
+    )
+    honest = wire.update_from_payload(opened.payload)
+    global_ = ArrayRecord(state_dict_from_bytes(request.payload))
+    bad = corrupt(kind, honest[wire.ARRAYS], global_)
+    payload = wire.update_payload(
+        bad.to_torch_state_dict(), dict(honest[wire.METRICS]), dict(honest[wire.NODE])
+    )
+    envelope = sign_update(
+        payload, signer=key, run_id=request.run_id, round=request.round, node_id=opened.node_id
+    )
+    reply.content = wire.envelope_record(envelope, opened.node_id)
     return reply
+
+
+def _node_name(folder: Path) -> str:
+    return load_node_config(folder / "node.toml").name
 
 
 attacked_app = ClientApp(mods=[attack_mod])

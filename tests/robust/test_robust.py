@@ -60,6 +60,7 @@ def scenario(name: str, strategy: str) -> ScenarioConfig:
             "strategy.name": strategy,
             "strategy.min_train_nodes": CLIENTS,
             "strategy.krum_num_malicious": len(ATTACKS),
+            "strategy.max_update_norm": "off",  # the robust rules themselves are under test
             "federation.num_clients": CLIENTS,
             "federation.rounds": 1,
         },
@@ -139,5 +140,8 @@ def test_other_robust_strategies_complete_under_attack(runs):
 
 
 def test_the_attack_does_move_plain_fedavg(runs):
-    """The control: without a robust rule, one sign-flipped update ruins the round."""
-    assert accuracy(runs, f"{ATTACKED_PREFIX}fedavg") < accuracy(runs, CLEAN) - 0.2
+    """The control: without a robust rule, one scaled sign-flipped update ruins the round (its
+    loss; on this near-separable table accuracy falls less than the loss rises)."""
+    attacked, clean = runs[f"{ATTACKED_PREFIX}fedavg"][1][-1], runs[CLEAN][1][-1]
+    assert attacked["server"]["loss"] > 5 * clean["server"]["loss"], (attacked, clean)
+    assert accuracy(runs, f"{ATTACKED_PREFIX}fedavg") < accuracy(runs, CLEAN)

@@ -12,14 +12,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.sealing import SealedChannel, ServerPin
-from fedmodel.crypto.seal import load_server_public
+from fedmodel.crypto.seal import load_server_public, seal_update, sign_update
 from server import wire
 from server.recording import RecordingStrategy
-from server.sealing import SealedTraffic, ServerKeys, ensure_server_keys
+from server.sealing import ServerKeys, SignedTraffic, ensure_server_keys
+from server.validation import envelope_limit
 
 RUN_ID = "run-a"
-NODES = ("node-0", "node-1")
+NODES = ("node-0", "node-1", "node-2")
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +36,7 @@ class Federation:
 
     keys: ServerKeys
     node_keys: dict[str, Ed25519PrivateKey]
-    traffic: SealedTraffic
+    traffic: SignedTraffic
     strategy: RecordingStrategy
     global_arrays: ArrayRecord
 
@@ -53,37 +53,51 @@ class Federation:
 
     def envelope(
         self, node: str, rnd: int, *, value: float = 1.0, run_id: str = RUN_ID,
-        signer: Ed25519PrivateKey | None = None, examples: int = 10,
+        signer: Ed25519PrivateKey | None = None, metrics: dict | None = None,
+        sealed: bool | None = None,
     ) -> bytes:  # fmt: skip
-        channel = SealedChannel(self.pin(), self.keys.exchange.public_key(), run_id, rnd)
-        record = channel.seal(
+        """What the node code sends (clients/sealing.py ServerChannel.reply does the same)."""
+        payload = wire.update_payload(
             self.state(value),
-            {"num-examples": examples, "ledger-count": rnd},
+            metrics if metrics is not None else {"ledger-count": rnd},
             {"name": node, "ledger-hash": "0" * 64},
-            signer or self.node_keys[node],
         )
-        return record[wire.SEALED][wire.ENVELOPE]
+        common = {"signer": signer or self.node_keys[node], "run_id": run_id, "round": rnd}
+        if sealed if sealed is not None else self.traffic.sealed:
+            public = self.keys.exchange.public_key()
+            return seal_update(payload, server_public=public, node_id=node, **common)
+        return sign_update(payload, node_id=node, **common)
 
     def reply(self, envelope: bytes, node: str, rnd: int, dst: int = 1) -> Message:
-        return Message(wire.sealed_record(envelope, node), reply_to=self.request(rnd, dst))
-
-    def pin(self) -> ServerPin:
-        return ServerPin(self.keys.exchange_fingerprint, self.keys.signing.public_key(), Path("-"))
+        return Message(wire.envelope_record(envelope, node), reply_to=self.request(rnd, dst))
 
     def screen(self, rnd: int, replies: list[Message]):
-        self.strategy._global = self.global_arrays
+        self.strategy._global = self.global_arrays  # what configure_train sets for the round
+        self.strategy._limit = envelope_limit(self.global_arrays)
         arrays, _ = self.strategy.aggregate_train(rnd, replies)
         return arrays, self.strategy.take_rows(rnd)
 
 
-@pytest.fixture
-def federation(tmp_path) -> Federation:
+def make_federation(tmp_path: Path, *, sealed: bool) -> Federation:
     keys = ensure_server_keys(tmp_path / "server-keys")
     node_keys = {name: Ed25519PrivateKey.generate() for name in NODES}
     signers = {name: key.public_key() for name, key in node_keys.items()}
-    traffic = SealedTraffic(keys=keys, signers=signers, run_id=RUN_ID)
-    inner = FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
-    strategy = RecordingStrategy(inner, sealing=traffic)
+    traffic = SignedTraffic(keys=keys, signers=signers, run_id=RUN_ID, sealed=sealed)
+    inner = FedAvg(
+        fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1,
+        weighted_by_key=wire.UNIT_WEIGHT,
+    )  # fmt: skip
+    strategy = RecordingStrategy(inner, traffic=traffic)
     global_arrays = ArrayRecord({"w": torch.zeros(4, 3), "b": torch.zeros(3)})
     assert load_server_public(keys.exchange_public_raw, keys.exchange_fingerprint)
     return Federation(keys, node_keys, traffic, strategy, global_arrays)
+
+
+@pytest.fixture
+def federation(tmp_path) -> Federation:
+    return make_federation(tmp_path, sealed=True)
+
+
+@pytest.fixture
+def plain_federation(tmp_path) -> Federation:
+    return make_federation(tmp_path / "plain", sealed=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 from server import wire
 
 ENVELOPE_MAGIC = b"FMSU\x01"
-SIGNED_GLOBAL_MAGIC = b"FMSG\x01"
+SIGNED_REQUEST_MAGIC = b"FMRQ\x01"
 # the safetensors header of a decrypted payload (the bare name is also in the app's source,
 # which the SuperLink stores with the run)
 PAYLOAD_MARKER = b'"' + wire.REPLY_TENSOR.encode() + b'":{"dtype":"U8"'
@@ -41,7 +41,7 @@ def assert_relay_never_saw_plaintext(state_dir: Path, sealed_run: Path, plain_ru
     assert plain and sealed
     # positive controls: the scan sees replies of the plain run, and the sealed run's traffic
     assert all(h in blob for h in plain), "scan is blind: plain replies not found"
-    assert ENVELOPE_MAGIC in blob and SIGNED_GLOBAL_MAGIC in blob
+    assert ENVELOPE_MAGIC in blob and SIGNED_REQUEST_MAGIC in blob
     # what only a decrypted payload holds never reached the relay
     assert PAYLOAD_MARKER not in blob
     assert not any(h in blob for h in sealed)

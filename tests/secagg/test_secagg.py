@@ -9,6 +9,7 @@ node's disk, so the test can check the unmasked sum against them.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 
 from clients import secagg_client
+from clients.sealing import load_pin
+from fedmodel.crypto.seal import open_request
 from fedmodel.privacy.ledger import verify_ledger
 from fedmodel.scenarios import apply_overrides
 from fedmodel.training.checkpoint import load_weights
@@ -35,11 +38,13 @@ def drop_or_spy(msg: Message, context: Context, call_next) -> Message:
         raise RuntimeError("node lost power mid-round")
     reply = call_next(msg, context)
     config = msg.content.config_records["fitins.config"]
-    names = json.loads(str(config[wire.TENSOR_NAMES]))
+    folder = Path(str(config[wire.SIM_NODES_DIR])) / f"node-{pid}"
+    request = open_request(config[wire.SIGNED_REQUEST], load_pin(folder).verify_key)
+    names = json.loads(str(request.config[wire.TENSOR_NAMES]))
     arrays = reply.content.array_records["fitres.parameters"].to_numpy_ndarrays()
     weight = reply.content.metric_records["fitres.num_examples"]["num_examples"]
     spy = dict(zip(names, arrays, strict=True))
-    np.savez(f"{config[wire.SIM_NODES_DIR]}/node-{pid}/{SPY_FILE}", **spy, weight=weight)
+    np.savez(folder / SPY_FILE, **spy, weight=weight)
     return reply
 
 
@@ -85,7 +90,9 @@ def test_dp_clients_still_spend_through_their_ledgers(secagg_run):
     info = read_metrics(secagg_run)[1]["clients"]
     for row in (c for c in info if c["status"] == "ok"):
         ledger = verify_ledger(secagg_run / "nodes" / row["node"] / "ledger")
-        assert ledger.ok and ledger.entries[-1].epsilon == pytest.approx(row["epsilon"])
+        spends = [e for e in ledger.entries if e.spends]
+        assert ledger.ok and spends[-1].epsilon == pytest.approx(row["epsilon"])
+        assert ledger.entries[-1].kind == "commit" and ledger.entries[-1].update_sha256 is None
         assert row["noise_multiplier"] == 1.0
     audit = verify_audit(secagg_run)
     assert audit.ok and audit.counts["accepted"] == 2 and audit.counts["errors"] == 1
