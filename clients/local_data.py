@@ -27,6 +27,13 @@ def _cached_partitions(data_json: str, partition_json: str) -> tuple:
     return tuple(partition_indices(dataset_labels(splits.train), cfg, splits.train_groups))
 
 
+@lru_cache(maxsize=2)
+def _cached_test_partitions(data_json: str, partition_json: str) -> tuple:
+    splits = _cached_dataset(data_json)
+    cfg = PartitionConfig.model_validate_json(partition_json)
+    return tuple(partition_indices(dataset_labels(splits.test), cfg, splits.test_groups))
+
+
 def dataset_splits(scenario: ScenarioConfig) -> DatasetSplits:
     return _cached_dataset(scenario.data.model_dump_json())
 
@@ -41,3 +48,13 @@ def client_train_set(
     if not 0 <= partition_id < len(parts):
         raise ValueError(f"partition-id {partition_id} outside 0..{len(parts) - 1}")
     return Subset(dataset_splits(scenario).train, parts[partition_id].tolist())
+
+
+def client_test_set(scenario: ScenarioConfig, partition_id: int, num_partitions: int) -> Dataset:
+    """This site's held-out rows: the test split cut the way the training rows are (by site
+    for a natural partition), for federated evaluation at the site."""
+    part = scenario.partition_for_clients().model_copy(update={"num_partitions": num_partitions})
+    parts = _cached_test_partitions(scenario.data.model_dump_json(), part.model_dump_json())
+    if not 0 <= partition_id < len(parts):
+        raise ValueError(f"partition-id {partition_id} outside 0..{len(parts) - 1}")
+    return Subset(dataset_splits(scenario).test, parts[partition_id].tolist())

@@ -52,8 +52,13 @@ class SitePolicy(StrictModel):
         description="release noised training loss, accuracy and example count (a Gaussian "
         "mechanism charged to the ledger with every round); off: none of them leaves the site",
     )
+    share_eval_metrics: bool = Field(
+        False,
+        description="in federated evaluation, release noised counts of the global model's "
+        "correct predictions on this site's held-out rows (charged to the ledger)",
+    )
     metrics_noise_multiplier: float = Field(
-        8.0, ge=1.0, description="noise / sensitivity of that release (per round)"
+        8.0, ge=1.0, description="noise / sensitivity of each statistics release (per round)"
     )
     metrics_loss_bound: float = Field(
         5.0, gt=0, description="per-example loss is clipped to [0, bound] before it is summed"

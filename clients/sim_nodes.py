@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clients.node_config import NODE_FILE, NodeConfig, NodeData
+from clients.node_config import NODE_FILE, NodeConfig, NodeData, SitePolicy
 from clients.sealing import write_pin
 from fedmodel.config import ScenarioConfig
 from fedmodel.crypto.keys import generate_signing_key, save_signing_key
@@ -29,6 +29,8 @@ def prepare_sim_nodes(nodes_dir: Path, scenario: ScenarioConfig) -> list[Path]:
                 name=f"node-{pid}",
                 budget=scenario.budget_for(pid),
                 data=NodeData(partition_id=pid, num_partitions=n),
+                # the researcher's virtual sites take part in the evaluation they simulate
+                policy=SitePolicy(share_eval_metrics=scenario.evaluation.federated),
             )
             atomic_write_text(node_file, _dump_toml(cfg.model_dump(mode="json", exclude_none=True)))
         signing_key = folder / "keys" / "signing.ed25519"

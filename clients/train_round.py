@@ -143,8 +143,21 @@ class Refused:
 RoundOutcome = Trained | Refused
 
 
-def run_train_round(content: RecordDict, context: Context) -> RecordDict:
-    """The Message-API reply: verify the request, train, answer signed (sealed if asked)."""
+@dataclass(frozen=True)
+class Verified:
+    """A request this node verified against its pin, for the handler it was signed for."""
+
+    session: NodeSession
+    channel: ServerChannel
+    request: RoundRequest
+
+
+def verify_request(content: RecordDict, context: Context, task: str) -> Verified | RecordDict:
+    """The node, its pinned channel and the request; or the signed refusal to send instead.
+
+    Nothing of the request is read before its signature verifies; a request signed for another
+    handler (an evaluation request replayed as training, say) is refused too.
+    """
     request_record = content.config_records.get(wire.SIGNED_REQUEST)
     sim_dir = request_record.get(wire.SIM_NODES_DIR) if request_record is not None else None
     session = open_session(node_file_for(context, str(sim_dir) if sim_dir else None), context)
@@ -155,14 +168,39 @@ def run_train_round(content: RecordDict, context: Context) -> RecordDict:
         return refuse_unverified(session, content, f"request not verified ({err.reason})")
     except ConfigError as err:  # no pin, or a signed request this node cannot read
         return refuse_unverified(session, content, _first_words(err))
+    signed_task = channel.request.config.get(wire.TASK)
+    if signed_task != task:
+        reason = f"request signed for task {signed_task!r}, not {task!r}"
+        return refuse(session, request, reason).record()
     if request.scenario.security.sealed_updates and channel.server_public is None:
-        return refuse(session, request, "the run seals updates but names no server key")
+        return refuse(session, request, "the run seals updates but names no server key").record()
+    return Verified(session, channel, request)
+
+
+def run_train_round(content: RecordDict, context: Context) -> RecordDict:
+    """The Message-API reply: verify the request, train, answer signed (sealed if asked)."""
+    verified = verify_request(content, context, "train")
+    if not isinstance(verified, Verified):
+        return verified
+    session, channel, request = verified.session, verified.channel, verified.request
     outcome = train_round(session, request, channel.global_state(), context)
     if isinstance(outcome, Refused):
         return outcome.record()
-    payload = wire.update_payload(outcome.state_dict, outcome.metrics, outcome.node)
-    envelope = channel.reply(payload, session.node.name, session.signing_key)
-    commit(session.ledger, outcome.reserved, hashlib.sha256(envelope).hexdigest())
+    return answer(verified, outcome.state_dict, outcome.metrics, outcome.node, outcome.reserved)
+
+
+def answer(
+    verified: Verified,
+    state_dict: Mapping[str, torch.Tensor],
+    metrics: Mapping[str, int | float],
+    node: Mapping[str, str],
+    reserved: Reserved,
+) -> RecordDict:
+    """Sign (or seal) what leaves, then commit the reserved spend with its SHA-256."""
+    session = verified.session
+    payload = wire.update_payload(state_dict, metrics, node)
+    envelope = verified.channel.reply(payload, session.node.name, session.signing_key)
+    commit(session.ledger, reserved, hashlib.sha256(envelope).hexdigest())
     return wire.envelope_record(envelope, session.node.name)
 
 
@@ -193,7 +231,7 @@ def train_round(
     plan = _spend_plan(request, dp, n, sample_rate, steps, releases, metrics_release)
     decision = reserve(session.ledger, plan, session.rules, seed_secret=_seed_secret(session))
     if isinstance(decision, Denied):
-        return _refused(session, decision.entry)
+        return refused_from(session, decision.entry)
 
     torch.manual_seed(decision.seed)  # model construction; train() seeds its own streams
     model = build_model(
@@ -370,8 +408,10 @@ def _noise_for_run(
         return float(same[-1].noise_multiplier)  # type: ignore[arg-type]
     prior = [h for e in spent for h in e.history]
     remaining = max(1, request.num_rounds - request.round + 1)
-    if metrics_noise is not None:
-        prior += [history_entry(metrics_noise)] * remaining
+    for release_noise, count in _planned_releases(
+        session.node, request.scenario, metrics_noise, remaining
+    ):
+        prior += [history_entry(release_noise)] * count
     key = json.dumps([request.run_id, n, sample_rate, steps, request.num_rounds, prior])
     cached = context.state.config_records.get(PLAN_STATE)
     if cached is not None and cached.get("key") == key:
@@ -384,10 +424,24 @@ def _noise_for_run(
     return noise
 
 
+def _planned_releases(
+    node: NodeConfig, scenario: ScenarioConfig, metrics_noise: float | None, remaining: int
+) -> list[tuple[float, int]]:
+    """(noise, how many) of the Gaussian releases the rest of the run will add besides DP-SGD:
+    the site's training metrics each round, its evaluation counts when the run evaluates
+    federated (each remaining round, or once at the end)."""
+    planned = [] if metrics_noise is None else [(metrics_noise, remaining)]
+    evaluation = scenario.evaluation
+    if evaluation.federated and node.policy.share_eval_metrics:
+        count = remaining if evaluation.federated_rounds == "every" else 1
+        planned.append((float(node.policy.metrics_noise_multiplier), count))
+    return planned
+
+
 def refuse(session: NodeSession, request: RoundRequest, reason: str) -> Refused:
     """Record a refusal decided before any spend (policy, delta) in the ledger, then say it."""
     entry = refuse_in_ledger(session.ledger, request.run_id, request.round, reason, session.rules)
-    return _refused(session, entry)
+    return refused_from(session, entry)
 
 
 def refuse_unverified(session: NodeSession, content: RecordDict, reason: str) -> RecordDict:
@@ -398,10 +452,10 @@ def refuse_unverified(session: NodeSession, content: RecordDict, reason: str) ->
     """
     run_id, rnd = _claimed_run_and_round(content)
     entry = refuse_in_ledger(session.ledger, run_id, rnd, reason, session.rules)
-    return _refused(session, entry).record()
+    return refused_from(session, entry).record()
 
 
-def _refused(session: NodeSession, entry: LedgerEntry) -> Refused:
+def refused_from(session: NodeSession, entry: LedgerEntry) -> Refused:
     """The refusal record: the node's signed ledger line, and exactly the values in it (the
     server rejects a refusal whose reason, head, count or epsilon differ from the line's)."""
     line = session.ledger.signed_line(entry.hash)

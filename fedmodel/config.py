@@ -211,6 +211,28 @@ def _require_poisson(dp: DPConfig, where: str) -> None:
         )
 
 
+class EvaluationConfig(StrictModel):
+    """Where the global model is evaluated, so that no one evaluates on rows they do not own.
+
+    ``server``: ``public`` evaluates on the dataset's own test split, which the coordinator owns
+    (MNIST's, say), and is refused where the test rows are the sites' rows (a natural, per-site
+    partition such as the heart hospitals); ``none`` skips server evaluation; ``oracle``
+    evaluates on the sites' held-out rows anyway, for simulation only, and the report marks it
+    so; ``auto`` is ``public`` where that is allowed and ``none`` elsewhere.
+
+    ``federated``: every site evaluates the global model on its own held-out rows and releases
+    noised counts (a Gaussian release charged to its ledger), when its policy opts in.
+    """
+
+    server: Literal["auto", "public", "none", "oracle"] = "auto"
+    federated: bool = False
+    federated_rounds: Literal["last", "every"] = Field(
+        "last",
+        description="rounds the sites evaluate in: each evaluation is a release every site "
+        "pays for in epsilon, so by default only the final model is evaluated",
+    )
+
+
 class PrivacyBudget(StrictModel):
     epsilon: float = Field(gt=0)
     delta: float = Field(gt=0, lt=1)
@@ -250,6 +272,7 @@ class ScenarioConfig(StrictModel):
     )
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     central_dp: CentralDPConfig = Field(default_factory=CentralDPConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @model_validator(mode="after")
     def _poisson(self) -> ScenarioConfig:

@@ -55,6 +55,9 @@ from server.sealing import (
 from server.strategies import build_strategy
 
 RoundCallback = Callable[[int, int, dict[str, Any]], None]
+EvaluationSource = Callable[[int], dict[str, Any]]
+SITE_ROWS = "site rows"
+DEPLOYMENT = "deployment"  # ServerSettings.engine of a run on real SuperNodes
 REPLAY_GUARD_FILE = "replay-guard.json"  # sealed runs: message ids accepted so far
 RowSource = Callable[[int], list[dict[str, Any]]]
 
@@ -94,6 +97,7 @@ class RunState:
     keys: ServerKeys
     signers: dict[str, Ed25519PublicKey]
     audit: AuditLog
+    evaluation: str = "public"  # server evaluation: "public", "oracle" or "none"
 
 
 def run_federation(grid: Grid, settings: ServerSettings) -> Path:
@@ -114,9 +118,11 @@ def run_federation(grid: Grid, settings: ServerSettings) -> Path:
         round_offset=state.offset,
         max_update_norm=scenario.strategy.max_update_norm,
         sim_nodes_dir=sim_dir,
+        last_round=scenario.federation.rounds,
+        evaluate_last_only=scenario.evaluation.federated_rounds == "last",
     )
     train_config = round_config(state)
-    end_of_round = end_of_round_hook(state, strategy.take_rows)
+    end_of_round = end_of_round_hook(state, strategy.take_rows, strategy.take_evaluation)
     if accountant is not None:
         end_of_round = _recording_central_dp(end_of_round, state, accountant)
     result = strategy.start(
@@ -125,6 +131,7 @@ def run_federation(grid: Grid, settings: ServerSettings) -> Path:
         num_rounds=scenario.federation.rounds - state.offset,
         timeout=settings.round_timeout,
         train_config=ConfigRecord(train_config),
+        evaluate_config=ConfigRecord(train_config),  # sites read the same signed plan
         evaluate_fn=end_of_round,
     )
     return finish_run(state, result.arrays if result.arrays is not None else state.initial)
@@ -133,7 +140,12 @@ def run_federation(grid: Grid, settings: ServerSettings) -> Path:
 def _strategy(scenario: ScenarioConfig, accountant: RdpAccountant | None) -> Strategy:
     """Flower's strategy, wrapped in Flower's central-DP clipping when the scenario asks."""
     num_clients = scenario.federation.num_clients
-    inner = build_strategy(scenario.strategy, num_clients, weighted_by_key=wire.UNIT_WEIGHT)
+    inner = build_strategy(
+        scenario.strategy,
+        num_clients,
+        weighted_by_key=wire.UNIT_WEIGHT,
+        federated_evaluation=scenario.evaluation.federated,
+    )
     if accountant is None:
         return inner
     return central_dp.wrap(inner, scenario, accountant)
@@ -174,9 +186,31 @@ def _recording_central_dp(
     return end_of_round
 
 
+def server_evaluation(scenario: ScenarioConfig, engine: str) -> str:
+    """Where the server may evaluate: only on data it owns (see ``EvaluationConfig``).
+
+    A natural partition's test rows are the sites' own held-out rows: the coordinator does not
+    own them, so ``auto`` means no server evaluation there, ``public`` is refused, and the
+    ``oracle`` that evaluates on them anyway exists in simulation only, marked as such.
+    """
+    asked = scenario.evaluation.server
+    site_rows = scenario.partition.scheme == "natural"
+    if asked == "auto":
+        return "none" if site_rows else "public"
+    if asked == "public" and site_rows:
+        raise ConfigError(
+            "evaluation.server = public: this dataset's test rows are the sites' own held-out "
+            "rows; use federated evaluation (evaluation.federated = true) or 'none'"
+        )
+    if asked == "oracle" and engine == DEPLOYMENT:
+        raise ConfigError("evaluation.server = oracle evaluates on site rows: simulation only")
+    return asked
+
+
 def start_run(settings: ServerSettings) -> RunState:
     """Load data and model, pick the starting point, open the run folder and its audit log."""
     scenario = settings.scenario
+    evaluation = server_evaluation(scenario, settings.engine)
     splits = load_dataset(scenario.data)
     model = _initial_model(scenario, splits)
     run_id, offset, initial = _starting_point(settings, model)
@@ -185,6 +219,7 @@ def start_run(settings: ServerSettings) -> RunState:
     if settings.sim_nodes_dir is not None:  # the virtual sites pin this run's server keys
         pin_server(settings.sim_nodes_dir, keys.exchange_fingerprint, keys.verify_key_path)
     recorder = _open_records(settings, run_id, offset, initial)
+    recorder.update_info(evaluation=_evaluation_record(scenario, evaluation))
     audit = AuditLog(settings.run_dir, keys.signing, run_id)
     audit.run_started(
         scenario=scenario.name,
@@ -198,8 +233,27 @@ def start_run(settings: ServerSettings) -> RunState:
         resumed_at=offset or None,
     )
     return RunState(
-        settings, splits, model, run_id, offset, initial, recorder, keys, signers, audit
-    )
+        settings, splits, model, run_id, offset, initial, recorder, keys, signers, audit,
+        evaluation,
+    )  # fmt: skip
+
+
+def _evaluation_record(scenario: ScenarioConfig, source: str) -> dict[str, Any]:
+    """What run.json (and the report) says about where the model was evaluated."""
+    data = {
+        "public": "the dataset's public test split, held by the coordinator",
+        "none": "none (the test rows are the sites' own)",
+        "oracle": f"SIMULATION-ONLY ORACLE on the {SITE_ROWS} (not possible in deployment)",
+    }[source]
+    return {
+        "server": source,
+        "server_data": data,
+        "federated": scenario.evaluation.federated,
+        "federated_data": "each site's held-out rows, released as noised counts charged to its "
+        "ledger"
+        if scenario.evaluation.federated
+        else None,
+    }
 
 
 def _open_records(
@@ -282,9 +336,10 @@ def _starting_point(
 
 
 def end_of_round_hook(
-    state: RunState, take_rows: RowSource
+    state: RunState, take_rows: RowSource, take_evaluation: EvaluationSource | None = None
 ) -> Callable[[int, ArrayRecord], MetricRecord | None]:
-    """Evaluate the aggregate, checkpoint it, and record the round in metrics and audit log."""
+    """Evaluate the aggregate where the server may, checkpoint it, and record the round (with
+    the sites' federated evaluation, if any) in metrics and audit log."""
     settings, recorder, audit = state.settings, state.recorder, state.audit
     scenario, model, offset = settings.scenario, state.model, state.offset
 
@@ -293,14 +348,17 @@ def end_of_round_hook(
         if server_round == 0 and offset > 0:
             return None  # the resumed checkpoint was evaluated when it was written
         weights = arrays.to_torch_state_dict()
-        model.load_state_dict(weights)
-        metrics = evaluate(
-            model,
-            state.splits.test,
-            batch_size=scenario.train.eval_batch_size,
-            device=scenario.train.device,
-        ).as_dict()
+        metrics: dict[str, Any] = {}
+        if state.evaluation != "none":
+            model.load_state_dict(weights)
+            metrics = evaluate(
+                model,
+                state.splits.test,
+                batch_size=scenario.train.eval_batch_size,
+                device=scenario.train.device,
+            ).as_dict()
         server_metrics = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        federated = take_evaluation(rnd) if take_evaluation is not None else {}
         rows = take_rows(rnd)
         audit.client_rows(rnd, rows)
         audit.round_finished(rnd, server_metrics, rows, model_sha256=arrays_sha256(arrays))
@@ -312,9 +370,10 @@ def end_of_round_hook(
                  "config_hash": (recorder.read_run_info() or {}).get("config_hash")},
             )  # fmt: skip
             audit.checkpoint(rnd, path, file_sha256(path))
-        recorder.record_round(rnd, metrics, rows)
+        recorder.record_round(rnd, metrics, rows, federated)
         if settings.on_round is not None:
-            settings.on_round(rnd, scenario.federation.rounds, {"server": metrics, "clients": rows})
+            outcome = {"server": metrics, "clients": rows, "federated": federated}
+            settings.on_round(rnd, scenario.federation.rounds, outcome)
         return MetricRecord(server_metrics)
 
     return end_of_round

@@ -49,13 +49,18 @@ class RecordingStrategy(Strategy):
         round_offset: int = 0,
         max_update_norm: float | str | None = "auto",
         sim_nodes_dir: str | None = None,
+        last_round: int = 0,
+        evaluate_last_only: bool = False,
     ) -> None:
         self.inner = inner
         self.round_offset = round_offset
         self.max_update_norm = max_update_norm
         self.traffic = traffic
         self.sim_nodes_dir = sim_nodes_dir
+        self.last_round = last_round
+        self.evaluate_last_only = evaluate_last_only
         self.pending_rows: dict[int, list[dict[str, Any]]] = {}
+        self.pending_eval: dict[int, dict[str, Any]] = {}
         self._global: ArrayRecord | None = None
         self._limit = 0
 
@@ -85,13 +90,35 @@ class RecordingStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round + self.round_offset, arrays, config, grid)
+        """Federated evaluation requests, signed like training ones (task ``evaluate``)."""
+        rnd = server_round + self.round_offset
+        if self.evaluate_last_only and rnd != self.last_round:
+            return []
+        messages = self.inner.configure_evaluate(rnd, arrays, config, grid)
+        return self.traffic.sign_requests(messages, arrays, rnd, self.sim_nodes_dir, "evaluate")
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
-        return self.inner.aggregate_evaluate(server_round + self.round_offset, replies)
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Sum the sites' noised counts: accuracy and loss over every site's held-out rows.
+
+        Each site's counts are a Gaussian release it charged to its own ledger; the sums and
+        ratios here are post-processing of those releases and cost nothing more.
+        """
+        rnd = server_round + self.round_offset
+        rows = [self._screen_one(rnd, msg, "evaluate") for msg in replies]
+        summary = federated_summary(rows)
+        self.pending_eval[rnd] = {**summary, "sites": rows} if rows else {}
+        if not summary:
+            return None
+        numbers = {k: v for k, v in summary.items() if type(v) in (int, float)}
+        return MetricRecord(numbers)
 
     def take_rows(self, rnd: int) -> list[dict[str, Any]]:
         return self.pending_rows.pop(rnd, [])
+
+    def take_evaluation(self, rnd: int) -> dict[str, Any]:
+        return self.pending_eval.pop(rnd, {})
 
     def screen(
         self, rnd: int, replies: list[Message]
@@ -106,7 +133,7 @@ class RecordingStrategy(Strategy):
             row.pop("_norm", None)
         return accepted, rows
 
-    def _screen_one(self, rnd: int, msg: Message) -> dict[str, Any]:
+    def _screen_one(self, rnd: int, msg: Message, task: str = "train") -> dict[str, Any]:
         """The reply's row; an accepted reply is replaced by its opened plain form."""
         src = msg.metadata.src_node_id
         if msg.has_error():
@@ -115,14 +142,14 @@ class RecordingStrategy(Strategy):
         claimed = wire.claimed_node(msg.content, src)
         if wire.REFUSAL in msg.content:
             try:
-                self.traffic.check_refusal(msg, rnd)
+                self.traffic.check_refusal(msg, rnd, task)
             except SealError as err:
                 return {"node": claimed, "status": "rejected", "reason": seal_reason(err)}
             return _row_or_rejection(msg, claimed)
         if (problem := self._oversized(msg)) is not None:
             return {"node": claimed, "status": "rejected", "reason": problem}
         try:
-            opened = self.traffic.open_reply(msg, rnd)
+            opened = self.traffic.open_reply(msg, rnd, task)
         except SealError as err:
             return {"node": claimed, "status": "rejected", "reason": seal_reason(err)}
         msg.content = opened.content
@@ -130,6 +157,8 @@ class RecordingStrategy(Strategy):
         if row["status"] != "ok":
             return row
         row["message_id"] = opened.message_id
+        if task == "evaluate":
+            return row
         if wire.ARRAYS not in msg.content.array_records or self._global is None:
             row.update(status="rejected", reason="no model update in reply")
             return row
@@ -162,6 +191,23 @@ class RecordingStrategy(Strategy):
                     status="rejected",
                     reason=f"update norm {row['_norm']:.4g} exceeds bound {bound:.4g}",
                 )
+
+
+def federated_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy and mean loss from the accepted sites' noised sums (empty if none answered)."""
+    ok = [r for r in rows if r["status"] == "ok" and "eval_count" in r]
+    count = sum(float(r["eval_count"]) for r in ok)
+    if not ok or count < 1.0:
+        return {}
+    correct = sum(float(r["eval_correct"]) for r in ok)
+    loss = sum(float(r["eval_loss_sum"]) for r in ok)
+    return {
+        "accuracy": min(1.0, max(0.0, correct / count)),
+        "loss": max(0.0, loss / count),
+        "count": count,
+        "num_sites": len(ok),
+        "noised": True,
+    }
 
 
 def _row_or_rejection(msg: Message, claimed: str) -> dict[str, Any]:

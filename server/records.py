@@ -85,8 +85,16 @@ class RunRecorder:
         path = self.run_dir / "run.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def record_round(self, rnd: int, server: dict[str, Any], clients: list[dict[str, Any]]) -> None:
+    def record_round(
+        self,
+        rnd: int,
+        server: dict[str, Any],
+        clients: list[dict[str, Any]],
+        federated: dict[str, Any] | None = None,
+    ) -> None:
         row = {"round": rnd, "time": utc_now(), "server": server, "clients": clients}
+        if federated:
+            row["federated"] = federated
         append_line_durably(self.metrics_path, json.dumps(row, sort_keys=True))
         self._write_clients_csv()
 

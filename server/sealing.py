@@ -168,7 +168,7 @@ class SignedTraffic:
     guard: ReplayGuard = field(default_factory=ReplayGuard)
     guard_path: Path | None = None  # where accepted ids survive a ServerApp restart
     senders: dict[str, int] = field(default_factory=dict)  # signer -> Flower node id
-    answered: dict[int, set[str]] = field(default_factory=dict)  # round -> signers accepted
+    answered: dict[tuple[int, str], set[str]] = field(default_factory=dict)  # (round, task)
 
     @classmethod
     def for_run(
@@ -209,18 +209,22 @@ class SignedTraffic:
         arrays: ArrayRecord,
         rnd: int,
         sim_nodes_dir: str | None = None,
+        task: str = "train",
     ) -> list[Message]:
-        """Replace each request's content by one blob signed for this run and round.
+        """Replace each request's content by one blob signed for this run, round and task.
 
         The model is serialised and signed once per round; every node gets the same bytes.
         """
-        self.guard.forget_before(self.run_id, rnd)
-        payload = state_dict_to_bytes(arrays.to_torch_state_dict())
         out = list(messages)
+        if not out:
+            return out
+        if task == "train":
+            self.guard.forget_before(self.run_id, rnd)
+        payload = state_dict_to_bytes(arrays.to_torch_state_dict())
         blobs: dict[str, bytes] = {}
         for msg in out:
             config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
-            signed = self.signed_config(config, rnd)
+            signed = {**self.signed_config(config, rnd), wire.TASK: task}
             key = json.dumps(signed, sort_keys=True)
             if key not in blobs:
                 blobs[key] = sign_request(payload, self.keys.signing, signed)
@@ -232,12 +236,13 @@ class SignedTraffic:
     ) -> bytes:
         """The same signed blob for SecAgg+'s legacy ``FitIns`` config (one per round)."""
         payload = state_dict_to_bytes(arrays.to_torch_state_dict())
-        return sign_request(payload, self.keys.signing, self.signed_config(config, rnd))
+        signed = {**self.signed_config(config, rnd), wire.TASK: "train"}
+        return sign_request(payload, self.keys.signing, signed)
 
     def signed_config(self, config: Mapping[str, Any], rnd: int) -> dict[str, Any]:
         return {**self.request_config(config), wire.RUN_ID: self.run_id, wire.ROUND: rnd}
 
-    def open_reply(self, msg: Message, rnd: int) -> OpenedReply:
+    def open_reply(self, msg: Message, rnd: int, task: str = "train") -> OpenedReply:
         """Verify, check freshness and binding, decrypt; raises :class:`SealError` at the first
         failure."""
         record = msg.content.config_records.get(wire.UPDATE)
@@ -254,7 +259,7 @@ class SignedTraffic:
             opened = open_update(envelope, server_private=self.keys.exchange, **checks)
         else:
             opened = open_signed_update(envelope, **checks)
-        self._bind(opened.node_id, msg.metadata.src_node_id, rnd)
+        self._bind(opened.node_id, msg.metadata.src_node_id, rnd, task)
         if self.guard_path is not None:  # before the update can count: never accepted twice
             atomic_write_json(self.guard_path, self.guard.to_dict())
         plain = wire.update_from_payload(opened.payload)
@@ -265,19 +270,20 @@ class SignedTraffic:
             )
         return OpenedReply(plain, opened.node_id, opened.message_id)
 
-    def _bind(self, signer: str, src_node_id: int, rnd: int) -> None:
-        """One Flower node per signer for the whole run, one accepted reply per signer per round."""
+    def _bind(self, signer: str, src_node_id: int, rnd: int, task: str = "train") -> None:
+        """One Flower node per signer for the whole run; one accepted reply per signer per round
+        and task."""
         bound = self.senders.setdefault(signer, src_node_id)
         if bound != src_node_id:
             raise SealError(
                 "malformed", f"{signer} answers from Flower node {src_node_id}, bound to {bound}"
             )
-        done = self.answered.setdefault(rnd, set())
+        done = self.answered.setdefault((rnd, task), set())
         if signer in done:
             raise SealError("duplicate", f"{signer} already has an accepted reply this round")
         done.add(signer)
 
-    def check_refusal(self, msg: Message, rnd: int) -> None:
+    def check_refusal(self, msg: Message, rnd: int, task: str = "train") -> None:
         """A refusal must be the claimed node's own signed ledger entry for this run and round,
         and say exactly what that entry says; otherwise a relay could make a site look as if
         it refused, or change what its refusal reports."""
@@ -304,7 +310,7 @@ class SignedTraffic:
             raise SealError("wrong-round", f"refusal is for round {body.get('round')!r}, not {rnd}")
         if not _refusal_matches(record, entry):
             raise SealError("tampered", "refusal differs from the node's signed ledger entry")
-        self._bind(node, msg.metadata.src_node_id, rnd)
+        self._bind(node, msg.metadata.src_node_id, rnd, task)
 
 
 def _refusal_matches(record: ConfigRecord, entry: ChainEntry) -> bool:

@@ -23,9 +23,8 @@ from clients.sim_nodes import prepare_sim_nodes
 from fedmodel.config import ConfigError, ScenarioConfig
 from fedmodel.scenarios import apply_overrides, load_scenario
 from server.deploy.grid import PromptGrid
-from server.federation import ServerSettings, run_federation
+from server.federation import DEPLOYMENT, ServerSettings, run_federation
 
-DEPLOYMENT = "deployment"
 DEFAULTS = {
     "scenario": "mnist-cnn",
     "num-server-rounds": 0,

@@ -16,18 +16,24 @@ from fedmodel.config import StrategyConfig
 
 
 def build_strategy(
-    cfg: StrategyConfig, num_clients: int, *, weighted_by_key: str | None = None
+    cfg: StrategyConfig,
+    num_clients: int,
+    *,
+    weighted_by_key: str | None = None,
+    federated_evaluation: bool = False,
 ) -> Strategy:
-    """Flower strategy for ``cfg``; evaluation is central (server-side), so clients skip it.
+    """Flower strategy for ``cfg``. Sites evaluate only when the run evaluates federated (they
+    then release noised counts, ``clients/evaluate_round.py``).
 
-    ``weighted_by_key`` replaces FedAvg's ``num-examples`` weighting (central DP weighs every
-    site once; ``server/central_dp.py``).
+    ``weighted_by_key`` replaces FedAvg's ``num-examples`` weighting (every site weighs once;
+    ``server.wire.weigh_uniformly``).
     """
     min_nodes = max(1, min(cfg.min_train_nodes, num_clients))
     common: dict = {
         "fraction_train": cfg.fraction_train,
-        "fraction_evaluate": 0.0,
+        "fraction_evaluate": 1.0 if federated_evaluation else 0.0,
         "min_train_nodes": min_nodes,
+        "min_evaluate_nodes": min_nodes,
         "min_available_nodes": min_nodes,
     }
     if weighted_by_key is not None:

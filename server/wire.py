@@ -25,6 +25,7 @@ leave a site only when its policy opts in, noised and charged to its ledger.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,7 @@ PROXIMAL_MU = "proximal-mu"
 SERVER_EXCHANGE_KEY = "server-exchange-key"  # hex of the raw X25519 key; nodes check their pin
 TENSOR_NAMES = "tensor-names"  # SecAgg+ (legacy lists of arrays): JSON list, state-dict order
 SIM_NODES_DIR = "sim-nodes-dir"  # simulation only, outside the signature (see the docstring)
+TASK = "task"  # "train" or "evaluate": a request signed for one handler never serves the other
 
 # record names (server -> client)
 CONFIG = "config"
@@ -66,6 +68,7 @@ REPLY_TENSOR = "__fedmodel_reply__"
 METRIC_KEYS = (
     "num-examples", "partition-id", "train-loss", "train-accuracy", "epsilon", "epsilon-rdp",
     "delta", "noise-multiplier", "sample-rate", "steps", "max-grad-norm", "ledger-count",
+    "eval-count", "eval-correct", "eval-loss-sum",
 )  # fmt: skip
 # what a node may report about itself; anything else in a reply's metrics is dropped unread
 
@@ -169,7 +172,7 @@ def client_row(content: RecordDict) -> dict[str, Any]:
             "node": str(r["node"]),
             "status": "refused",
             "reason": str(r["reason"]),
-            "projected_epsilon": float(r["projected-epsilon"]),
+            "projected_epsilon": _number_or_none(r["projected-epsilon"]),
             "ledger_head": {"hash": str(r["ledger-hash"]), "count": int(r["ledger-count"])},
         }
     m: MetricRecord = content[METRICS]
@@ -182,6 +185,12 @@ def client_row(content: RecordDict) -> dict[str, Any]:
     row["ledger_head"] = {"hash": str(node["ledger-hash"]), "count": int(m["ledger-count"])}
     row["released"] = sorted(str(node.get("releases", "model-update")).split(","))
     return row
+
+
+def _number_or_none(value: Any) -> float | None:
+    """A refusal with no projection carries NaN on the wire; the records say null."""
+    number = float(value)
+    return None if math.isnan(number) else number
 
 
 def short_reason(text: str, limit: int = 300) -> str:

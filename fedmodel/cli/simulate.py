@@ -67,7 +67,7 @@ def simulate(
         task = progress.add_task("rounds", total=settings.scenario.federation.rounds)
 
         def on_round(rnd: int, total: int, outcome: dict[str, Any]) -> None:
-            acc = outcome["server"].get("accuracy", float("nan"))
+            acc = round_accuracy(outcome)
             eps = max((c.get("epsilon", 0.0) for c in outcome["clients"]), default=0.0)
             progress.update(
                 task, completed=rnd, description=f"round {rnd}/{total} acc {acc:.3f} eps<={eps:.2f}"
@@ -99,6 +99,15 @@ def idle_round_warnings(run_dir: Path) -> list[str]:
     return warnings
 
 
+def round_accuracy(row: dict[str, Any]) -> float:
+    """The server's accuracy where it may evaluate, else the sites' noised federated one."""
+    for source in ("server", "federated"):
+        value = (row.get(source) or {}).get("accuracy")
+        if value is not None:
+            return float(value)
+    return float("nan")
+
+
 def _progress(console: Console) -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -118,8 +127,9 @@ def _summary_table(run_dir: Path) -> Table:
         refused = [c for c in clients if c["status"] == "refused"]
         eps = max((c.get("epsilon", 0.0) for c in ok), default=0.0)
         s = row["server"]
+        f1 = f"{s['f1']:.4f}" if "f1" in s else "-"
         table.add_row(
-            str(row["round"]), f"{s.get('accuracy', 0):.4f}", f"{s.get('f1', 0):.4f}",
+            str(row["round"]), f"{round_accuracy(row):.4f}", f1,
             str(len(ok)), str(len(refused)), f"{eps:.3f}",
         )  # fmt: skip
     return table

@@ -39,9 +39,10 @@ def assert_relay_never_saw_plaintext(state_dir: Path, sealed_run: Path, plain_ru
     blob = relay_bytes(state_dir)
     plain, sealed = ledger_hashes(plain_run), ledger_hashes(sealed_run)
     assert plain and sealed
-    # positive controls: the scan sees replies of the plain run, and the sealed run's traffic
+    # positive controls: the scan sees the plain run's payloads (signed, readable), and the
+    # sealed run's traffic
     assert all(h in blob for h in plain), "scan is blind: plain replies not found"
+    assert PAYLOAD_MARKER in blob, "scan is blind: no plain payload found"
     assert ENVELOPE_MAGIC in blob and SIGNED_REQUEST_MAGIC in blob
-    # what only a decrypted payload holds never reached the relay
-    assert PAYLOAD_MARKER not in blob
+    # what only the sealed run's decrypted payloads hold never reached the relay
     assert not any(h in blob for h in sealed)
