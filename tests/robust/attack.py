@@ -54,9 +54,7 @@ def attack_mod(msg: Message, context: Context, call_next) -> Message:
         return reply
     sim_dir = str(msg.content[wire.SIGNED_REQUEST][wire.SIM_NODES_DIR])
     folder = Path(sim_dir) / f"node-{int(context.node_config['partition-id'])}"
-    request = open_request(
-        msg.content[wire.SIGNED_REQUEST][wire.BLOB], load_pin(folder).verify_key
-    )
+    request = open_request(msg.content[wire.SIGNED_REQUEST][wire.BLOB], load_pin(folder).verify_key)
     if not json.loads(request.config[wire.SCENARIO])["name"].startswith(ATTACKED_PREFIX):
         return reply
     key = load_signing_key(folder / "keys" / "signing.ed25519")
