@@ -68,7 +68,12 @@ class NodeBench:
         )
 
     def signed_config(
-        self, run_id: str, rnd: int, scenario: ScenarioConfig | None = None, **extra: Any
+        self,
+        run_id: str,
+        rnd: int,
+        scenario: ScenarioConfig | None = None,
+        task: str = "train",
+        **extra: Any,
     ) -> dict[str, Any]:
         cfg = scenario or self.scenario
         traffic = SignedTraffic(self.keys, {}, run_id, sealed=cfg.security.sealed_updates)
@@ -78,13 +83,18 @@ class NodeBench:
             wire.SCENARIO: cfg.without_budgets().model_dump_json(),
             **extra,
         }
-        return traffic.signed_config(config, rnd)
+        return {**traffic.signed_config(config, rnd), wire.TASK: task}
 
     def request(
-        self, run_id: str, rnd: int, scenario: ScenarioConfig | None = None, **extra: Any
+        self,
+        run_id: str,
+        rnd: int,
+        scenario: ScenarioConfig | None = None,
+        task: str = "train",
+        **extra: Any,
     ) -> RecordDict:
         """What the real server sends: a blob signed over the whole config and the model."""
-        config = self.signed_config(run_id, rnd, scenario, **extra)
+        config = self.signed_config(run_id, rnd, scenario, task, **extra)
         blob = sign_request(self.model_payload(scenario), self.keys.signing, config)
         return wire.request_record(blob, str(self.nodes))
 

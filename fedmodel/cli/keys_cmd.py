@@ -37,3 +37,25 @@ def node(
     typer.echo(f"  sha256 {identity.signing_fingerprint}")
     typer.echo(f"auth key      {identity.auth_key}  (public: {identity.auth_public})")
     typer.echo(f"  sha256 {identity.auth_fingerprint}")
+
+
+@app.command()
+def rotate(
+    config: Annotated[Path, typer.Option("--config", help="the node's node.toml")],
+) -> None:
+    """Replace the node's ledger signing key without resetting its epsilon.
+
+    A new key is written beside the old one (``.next``), the ledger records the hand-over in an
+    entry signed by the old key that carries the cumulative history, the old key is kept as
+    ``.retired-<time>`` and the new one takes its place. Send the new ``.pub`` to the
+    coordinator: from now on it verifies this node's replies and ledger entries.
+    """
+    from clients.node_config import load_node_config
+    from fedmodel.privacy.rotation import rotate_signing_key
+
+    with reported_errors():
+        node = load_node_config(config)
+        result = rotate_signing_key(node.signing_key, node.ledger_dir, node.high_water_mark)
+    typer.echo(f"ledger {node.ledger_dir}: rotation entry {result.entry_seq}")
+    typer.echo(f"new signing key {node.signing_key}  sha256 {result.new_fingerprint}")
+    typer.echo(f"old key kept as {result.retired}; send {result.public} to the coordinator")

@@ -52,6 +52,7 @@ from fedmodel.errors import FedmodelError
 from fedmodel.io import atomic_write_bytes
 
 ZERO_HASH = "0" * 64
+ROTATE_TO = "rotate_to"  # a body field: raw Ed25519 public key (hex) that signs every later entry
 FILE_MODE = 0o644
 LOCK_TIMEOUT_S = 60.0
 ENTRY_FIELDS = ("seq", "prev", "body", "signer", "hash", "sig")
@@ -134,12 +135,14 @@ class VerifiedPrefix:
 
 @dataclass(frozen=True)
 class ChainVerification(VerifiedPrefix):
-    """Result of :func:`verify_chain`: the sound prefix, the number of lines, the first break."""
+    """Result of :func:`verify_chain`: the sound prefix, the number of lines, the first break,
+    and the fingerprint of the key that signs the chain's next entry (its last rotation's)."""
 
     path: Path
     entries: tuple[ChainEntry, ...]
     total: int
     first_break: ChainBreak | None
+    active_signer: str = ""
 
 
 # --- hashing and signing -------------------------------------------------------------------------
@@ -220,9 +223,12 @@ def _split_lines(data: bytes) -> tuple[list[bytes], bytes | None]:
 
 
 def _verify_bytes(p: Path, data: bytes, public_key: ed25519.Ed25519PublicKey) -> ChainVerification:
+    """Verify from the chain's first key; an entry naming ``rotate_to`` hands signing to that
+    key for every later entry (the rotation is signed by the key it retires)."""
     lines, torn = _split_lines(data)
     expected_signer = fingerprint(public_key)
     entries: list[ChainEntry] = []
+    total = len(lines) + bool(torn)
     for index, raw in enumerate(lines):
         entry = _parse_entry(raw)
         problem = (
@@ -230,15 +236,38 @@ def _verify_bytes(p: Path, data: bytes, public_key: ed25519.Ed25519PublicKey) ->
             if isinstance(entry, str)
             else _check_entry(index, entry, head_of(entries).hash, public_key, expected_signer)
         )
+        if problem is None:
+            rotated = _rotation(entry)  # type: ignore[arg-type]
+            if isinstance(rotated, str):
+                problem = ChainBreak(index, "malformed", rotated)
+            elif rotated is not None:
+                public_key, expected_signer = rotated, fingerprint(rotated)
         if problem is not None:
-            return ChainVerification(p, tuple(entries), len(lines) + bool(torn), problem)
+            return ChainVerification(p, tuple(entries), total, problem, expected_signer)
         entries.append(entry)  # type: ignore[arg-type]
     first_break = None
     if torn is not None:
         first_break = ChainBreak(
             len(lines), "torn-line", f"{len(torn)} bytes without a newline at the end of the file"
         )
-    return ChainVerification(p, tuple(entries), len(lines) + bool(torn), first_break)
+    return ChainVerification(p, tuple(entries), total, first_break, expected_signer)
+
+
+def _rotation(entry: ChainEntry) -> ed25519.Ed25519PublicKey | str | None:
+    """The key a verified entry hands signing to, ``None`` if it rotates nothing, or why its
+    ``rotate_to`` is not a key."""
+    value = entry.body.get(ROTATE_TO)
+    if value is None:
+        return None
+    try:
+        return ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(str(value)))
+    except ValueError:
+        return f"{ROTATE_TO} is not a raw Ed25519 public key in hex"
+
+
+def rotation_body_field(new_key: ed25519.Ed25519PublicKey) -> dict[str, str]:
+    """The body field that rotates a chain to ``new_key`` (append it signed by the old key)."""
+    return {ROTATE_TO: new_key.public_bytes_raw().hex()}
 
 
 def _parse_entry(raw: bytes) -> ChainEntry | str:
@@ -339,19 +368,25 @@ class SignedChain:
         path: str | os.PathLike[str],
         signing_key: ed25519.Ed25519PrivateKey,
         *,
+        first_key: ed25519.Ed25519PublicKey | None = None,
         lock_timeout_s: float = LOCK_TIMEOUT_S,
     ) -> None:
+        """``first_key`` is the key that signed the chain's first entry, when keys have been
+        rotated since (verification follows the rotations from it); ``signing_key`` must be the
+        chain's current key to append."""
         if not isinstance(signing_key, ed25519.Ed25519PrivateKey):
             raise ChainError("a chain is signed with an Ed25519 private key")
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.public_key = signing_key.public_key()
+        self.first_key = first_key or self.public_key
         self._signing_key = signing_key
         self._lock_timeout_s = lock_timeout_s
 
     def verify(self) -> ChainVerification:
-        """Verify against this chain's own key; a missing file is an empty, sound chain."""
-        return _verify_bytes(self.path, _read_bytes(self.path), self.public_key)
+        """Verify from the first key, through every rotation; a missing file is an empty,
+        sound chain."""
+        return _verify_bytes(self.path, _read_bytes(self.path), self.first_key)
 
     def append(self, body: Mapping[str, Any]) -> ChainEntry:
         entry = self.append_with(lambda _entries: body)
@@ -372,11 +407,16 @@ class SignedChain:
         """
         with self.locked() if lock else contextlib.nullcontext():
             data = _read_bytes(self.path)
-            verification = _verify_bytes(self.path, data, self.public_key)
+            verification = _verify_bytes(self.path, data, self.first_key)
             if not verification.ok:
                 raise ChainError(
                     f"{self.path}: {verification.first_break.describe()}; "  # type: ignore[union-attr]
                     "refusing to append to a broken chain"
+                )
+            if verification.active_signer != fingerprint(self.public_key):
+                raise ChainError(
+                    f"{self.path}: its current key is {verification.active_signer[:16]}…, "
+                    f"this writer's is {fingerprint(self.public_key)[:16]}…"
                 )
             body = make_body(verification.entries)
             if body is None:

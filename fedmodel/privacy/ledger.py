@@ -54,6 +54,7 @@ from fedmodel.crypto.chain import (
     canonical_json,
     head_of,
     resolve_verify_key,
+    rotation_body_field,
     verify_chain,
 )
 from fedmodel.crypto.keys import KeyFileError, fingerprint, load_verify_key, save_public_key
@@ -62,6 +63,7 @@ from fedmodel.privacy.accountant import (
     AccountantName,
     AccountingError,
     HistoryEntry,
+    grouped_history,
     normalise_history,
 )
 from fedmodel.privacy.budget import cumulative_epsilon
@@ -71,7 +73,7 @@ LEDGER_FILE = "ledger.jsonl"
 SIGNER_FILE = "signer.pub"
 MECHANISM = "dp-sgd/poisson-gaussian"
 NO_DP = "none"  # a round a site's policy let run without noise: no guarantee, epsilon unbounded
-EntryKind = Literal["round", "release", "refusal", "commit", "policy"]
+EntryKind = Literal["round", "release", "refusal", "commit", "policy", "rotation"]
 SPENDING_KINDS = ("round", "release")
 LedgerHead = ChainHead  # the architecture's name for what a client reports with every reply
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -88,6 +90,7 @@ _BODY_FIELDS: dict[str, tuple[str, ...]] = {
     "refusal": (*_COMMON, "reason", "projected_epsilon"),
     "commit": (*_COMMON, "spend", "update_sha256"),
     "policy": (*_COMMON, "cap_epsilon", "cap_delta", "policy", "policy_sha256"),
+    "rotation": (*_COMMON, "rotate_to", "history"),
 }
 # Fields a body may carry beyond its kind's own (ledgers written before they existed lack them).
 _OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {"round": ("releases",), "release": ("releases",)}
@@ -130,6 +133,7 @@ class LedgerEntry:
     cap_delta: float | None = None
     policy: dict[str, Any] | None = None
     policy_sha256: str | None = None
+    rotate_to: str | None = None
 
     @property
     def spends(self) -> bool:
@@ -190,12 +194,13 @@ class Ledger:
         self.path = self.directory / LEDGER_FILE
         self.mark_path = Path(mark) if mark is not None else None
         try:
-            self._chain = SignedChain(self.path, signing_key)
+            first_key = self._first_key()
+            self._chain = SignedChain(self.path, signing_key, first_key=first_key)
         except ChainError as err:
             raise LedgerError(str(err)) from None
         self._signing_key = signing_key
-        self._check_signer_file()
         entries = self.entries()
+        self._check_current_key()
         self._write_signer_file()
         self.node = _resolve_node(entries, node, self.path)
 
@@ -465,22 +470,56 @@ class Ledger:
             write_mark(self.mark_path, self._signing_key, mark_of(str(self.node), head))
         return _to_ledger_entry(entry)
 
-    def _check_signer_file(self) -> None:
-        """Refuse a ledger whose ``signer.pub`` is another key: the likeliest mistake is opening
-        a node's ledger with another node's key, and this names it better than a bad signature."""
+    def _first_key(self) -> ed25519.Ed25519PublicKey | None:
+        """The key of the ledger's first entry (``signer.pub``); later keys come by rotation."""
         path = self.directory / SIGNER_FILE
         if not path.exists():
-            return
+            return None
         try:
-            recorded = fingerprint(load_verify_key(path))
+            return load_verify_key(path)
         except KeyFileError as err:
             raise LedgerError(str(err)) from None
+
+    def _check_current_key(self) -> None:
+        """Refuse to open a ledger with a key other than its current one: the likeliest mistake
+        is opening a node's ledger with another node's key (or with a key a rotation retired),
+        and this names it better than a bad signature later."""
+        verification = self._chain.verify()
         mine = fingerprint(self._chain.public_key)
-        if recorded != mine:
+        if verification.active_signer == mine:
+            return
+        first = fingerprint(self._chain.first_key)
+        if verification.active_signer == first:
             raise LedgerError(
-                f"{path}: this ledger was created by key {recorded[:16]}…, "
+                f"{self.directory / SIGNER_FILE}: this ledger was created by key {first[:16]}…, "
                 f"opened with key {mine[:16]}…"
             )
+        raise LedgerError(
+            f"{self.path}: the ledger's current key (after rotation) is "
+            f"{verification.active_signer[:16]}…, opened with key {mine[:16]}…"
+        )
+
+    def rotate(self, new_key: ed25519.Ed25519PrivateKey) -> LedgerEntry:
+        """Hand the ledger to ``new_key``: a ``rotation`` entry, signed by the current key, that
+        names the new key and carries the cumulative history, so a new key never resets epsilon.
+
+        Every later entry must be signed by ``new_key`` (open the ledger with it afterwards);
+        the high-water mark is re-signed by it in the same hold of the lock.
+        """
+        if self.node is None:
+            raise LedgerError(f"{self.path}: an empty ledger has nothing to rotate; use the key")
+        with self._chain.locked():
+            carried = grouped_history(self.history())
+            body = {
+                **self._common("rotation", "key-rotation", 0),
+                **rotation_body_field(new_key.public_key()),
+                "history": [list(h) for h in carried],
+            }
+            entry = self._append_locked(lambda _entries: body)
+            if self.mark_path is not None:
+                head = ChainHead(entry.hash, entry.seq + 1)
+                write_mark(self.mark_path, new_key, mark_of(str(self.node), head))
+        return entry
 
     def _write_signer_file(self) -> None:
         """Write ``signer.pub`` once, after the chain verified with this key (or is empty)."""
@@ -642,11 +681,12 @@ def _to_ledger_entry(chain_entry: ChainEntry) -> LedgerEntry:
         odd = sorted((set(body) ^ expected) - optional)
         raise LedgerError(f"{kind} entry has missing or unexpected fields: {', '.join(odd)}")
     values = dict(body)
-    if kind in SPENDING_KINDS:
+    if kind in (*SPENDING_KINDS, "rotation"):
         try:
             values["history"] = tuple(normalise_history(body["history"]))
         except (AccountingError, TypeError, ValueError) as err:
             raise LedgerError(f"history: {err}") from None
+    if kind in SPENDING_KINDS:
         releases = body.get("releases", list(DEFAULT_RELEASES))
         if not (isinstance(releases, list) and releases and all(
             isinstance(r, str) and r for r in releases
@@ -666,7 +706,7 @@ _NUMBER_FIELDS = {
 _INT_FIELDS = {"round", "steps", "dataset_size"}
 _STR_FIELDS = {
     "kind", "node", "run_id", "time", "mechanism", "reason", "spend", "update_sha256",
-    "policy_sha256",
+    "policy_sha256", "rotate_to",
 }  # fmt: skip
 _NULLABLE = {
     "epsilon",

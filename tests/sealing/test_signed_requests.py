@@ -114,3 +114,9 @@ def test_a_sealed_request_is_answered_sealed_to_the_pinned_key(bench):
     plain = apply_overrides(bench.scenario, {"security.sealed_updates": False}, "t")
     reply = bench.run(bench.request("run-2", 1, scenario=plain))
     assert reply[wire.UPDATE][wire.ENVELOPE][:4] == b"FMSP"  # signed, not sealed, as signed for
+
+
+def test_an_evaluation_request_is_never_answered_as_training(bench):
+    reply = bench.run(bench.request("run-1", 1, task="evaluate"))
+    assert "request signed for task 'evaluate', not 'train'" in reply[wire.REFUSAL]["reason"]
+    assert bench.spends() == []
