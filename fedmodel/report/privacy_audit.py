@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedmodel.privacy.audit import PRIVACY_AUDIT_FILE
 from fedmodel.report.model import (
     CanaryFigures,
     ClientReport,
@@ -21,8 +22,6 @@ from fedmodel.report.model import (
     PrivacyAuditSummary,
 )
 from fedmodel.report.narrative import membership_tpr_bound
-
-PRIVACY_AUDIT_FILE = "privacy-audit.json"  # written by fedmodel.privacy.audit.runfolder
 
 
 def read_privacy_audit(

@@ -412,7 +412,7 @@ def canary_table(pa: PrivacyAuditSummary) -> Table:
         title=f"Canary audit of {pa.node}'s DP-SGD (one training run)",
         header=[
             "Training",
-            "Canaries",
+            "m",
             "Right / guesses",
             "ε ≥ (confidence)",
             "At most",
@@ -420,7 +420,7 @@ def canary_table(pa: PrivacyAuditSummary) -> Table:
             "Verdict",
         ],
         rows=rows,
-        note="Steinke, Nasr & Jagielski (2023): canaries, each included with probability 1/2, "
+        note="Steinke, Nasr & Jagielski (2023): m canaries, each included with probability 1/2, "
         "trained through the site's own sampling, clipping and noise; the highest-scoring are "
         "guessed 'in'. 'ε ≥' is the lower bound the right guesses prove at the stated "
         "confidence, to set against the accountant's ε for the same mechanism; 'At most' is "

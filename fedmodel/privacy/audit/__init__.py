@@ -12,4 +12,6 @@ accounting is wrong; far below it, that the attack (or the guarantee's worst cas
 
 from fedmodel.privacy.audit.errors import PrivacyAuditError
 
-__all__ = ["PrivacyAuditError"]
+PRIVACY_AUDIT_FILE = "privacy-audit.json"  # in the run folder; ``fedmodel report`` reads it
+
+__all__ = ["PRIVACY_AUDIT_FILE", "PrivacyAuditError"]

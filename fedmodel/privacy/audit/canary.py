@@ -172,13 +172,7 @@ def run_canary_audit(
     the audit can refute a false claim.
     """
     started = time.perf_counter()
-    if canaries < 2:
-        raise PrivacyAuditError(f"--canaries must be at least 2, got {canaries}")
-    if k_plus < 0 or k_minus < 0 or not 0 < k_plus + k_minus <= canaries:
-        raise PrivacyAuditError(
-            f"k+ ({k_plus}) + k- ({k_minus}) must be between 1 and the number of canaries "
-            f"({canaries})"
-        )
+    check_guess_plan(canaries, k_plus, k_minus)
     rng = np.random.default_rng(seed)
     labels = torch.from_numpy(rng.integers(0, num_classes, size=canaries))
     included = rng.random(canaries) < 0.5
@@ -229,6 +223,17 @@ def run_canary_audit(
         seed=seed,
         seconds=time.perf_counter() - started,
     )
+
+
+def check_guess_plan(canaries: int, k_plus: int, k_minus: int) -> None:
+    """At least two canaries and between 1 and ``canaries`` guesses, checked before training."""
+    if canaries < 2:
+        raise PrivacyAuditError(f"--canaries must be at least 2, got {canaries}")
+    if k_plus < 0 or k_minus < 0 or not 0 < k_plus + k_minus <= canaries:
+        raise PrivacyAuditError(
+            f"k+ ({k_plus}) + k- ({k_minus}) must be between 1 and the number of canaries "
+            f"({canaries})"
+        )
 
 
 def canary_scores(table: Tensor, labels: Tensor) -> np.ndarray:

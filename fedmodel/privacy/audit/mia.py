@@ -11,7 +11,10 @@ Two attacks, each scoring a record (higher = "it was trained on"):
 
 Each is judged by its ROC AUC and its true-positive rate at a low false-positive rate (1 %):
 what matters for privacy is confident identification of a few records, which an average-case
-AUC hides (Carlini et al. 2022). Members and non-members are scored in equal numbers.
+AUC hides (Carlini et al. 2022). Members and non-members are scored in equal numbers and,
+with :func:`matched_rows`, with the same label mix: a site of a non-IID federation holds more
+of some classes than the held-out rows do, and a class the model handles worse would otherwise
+pass for (non-)membership.
 """
 
 from __future__ import annotations
@@ -51,6 +54,26 @@ class MembershipInference:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def matched_rows(
+    member_labels: np.ndarray, pool_labels: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of members and of pool rows, as many of each class from both (seeded draw).
+
+    Per class the smaller count decides, so the two groups have identical label histograms.
+    """
+    member_out: list[np.ndarray] = []
+    pool_out: list[np.ndarray] = []
+    for label in np.union1d(member_labels, pool_labels):
+        mine = np.flatnonzero(member_labels == label)
+        theirs = np.flatnonzero(pool_labels == label)
+        k = min(mine.size, theirs.size)
+        member_out.append(rng.choice(mine, k, replace=False))
+        pool_out.append(rng.choice(theirs, k, replace=False))
+    if not member_out:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate(member_out)), np.sort(np.concatenate(pool_out))
 
 
 def per_example_losses(

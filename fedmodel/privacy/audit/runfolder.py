@@ -31,21 +31,28 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
 from fedmodel import __version__
 from fedmodel.config import ConfigError, ScenarioConfig, load_toml
+from fedmodel.data import DatasetSplits
 from fedmodel.device import resolve_device
 from fedmodel.io import atomic_write_json
 from fedmodel.models import build_model
+from fedmodel.privacy.audit import PRIVACY_AUDIT_FILE
 from fedmodel.privacy.audit.bound import DEFAULT_CONFIDENCE
-from fedmodel.privacy.audit.canary import Mechanism, epochs_of, materialise, run_canary_audit
+from fedmodel.privacy.audit.canary import (
+    Mechanism,
+    check_guess_plan,
+    epochs_of,
+    materialise,
+    run_canary_audit,
+)
 from fedmodel.privacy.audit.errors import PrivacyAuditError
-from fedmodel.privacy.audit.mia import DEFAULT_FPR, membership_inference
+from fedmodel.privacy.audit.mia import DEFAULT_FPR, matched_rows, membership_inference
 from fedmodel.runlog import METRICS_FILE, read_metrics
 from fedmodel.training import load_exported, train
 
-PRIVACY_AUDIT_FILE = "privacy-audit.json"
 SCHEMA_VERSION = "1"
 MECHANISM_KEYS = ("noise_multiplier", "sample_rate", "max_grad_norm", "delta")
 
@@ -78,6 +85,8 @@ class Site:
 def audit_run(run_dir: Path, options: AuditOptions) -> dict[str, Any]:
     """Audit one site of ``run_dir`` and write ``privacy-audit.json`` (atomically); return it."""
     run_dir = Path(run_dir)
+    if options.canaries is not None:
+        check_guess_plan(options.canaries, _k_plus(options), options.k_minus)
     scenario = load_scenario(run_dir)
     info = _run_info(run_dir)
     site = find_site(_rounds(run_dir), scenario, options.node)
@@ -202,7 +211,7 @@ def _final_model(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
     return load_exported(model_dir)
 
 
-def _site_data(scenario: ScenarioConfig, site: Site) -> tuple[Dataset, Dataset, Any]:
+def _site_data(scenario: ScenarioConfig, site: Site) -> tuple[Dataset, Dataset, DatasetSplits]:
     """The site's training rows and the held-out rows, loaded as the ClientApp loads them."""
     from clients.local_data import client_train_set, dataset_splits  # the node's own loader
 
@@ -223,46 +232,47 @@ def _membership(
     final: nn.Module,
     members: Dataset,
     held_out: Dataset,
-    splits: Any,
+    splits: DatasetSplits,
     options: AuditOptions,
 ) -> dict[str, Any]:
-    """Loss and calibrated attacks; the reference model trains on half of the held-out rows.
+    """Loss and calibrated attacks on label-matched members and held-out rows.
 
-    The reference is trained as the site trained (model, optimiser, DP-SGD noise, epochs), on
-    rows that are neither attacked members nor attacked non-members.
+    The held-out rows are split in two: one half trains the reference model, as the site
+    trained (model, optimiser, DP-SGD noise, epochs); the other half supplies the non-members,
+    drawn class by class to match the site's label mix (``matched_rows``).
     """
     started = time.perf_counter()
     rng = np.random.default_rng(options.seed)
     out_cols = materialise(held_out)
     order = torch.from_numpy(rng.permutation(out_cols[-1].shape[0]))
     half = order.shape[0] // 2
-    reference_rows, non_member_idx = order[:half], order[half:]
+    reference_rows, pool = order[:half], order[half:]
     in_cols = materialise(members)
-    n = min(in_cols[-1].shape[0], non_member_idx.shape[0])
-    if n < 2:
+    member_idx, pool_idx = matched_rows(in_cols[-1].numpy(), out_cols[-1][pool].numpy(), rng)
+    if member_idx.shape[0] < 2:
         raise PrivacyAuditError(
-            f"{site.node}: too few rows for membership inference ({in_cols[-1].shape[0]} "
-            f"members, {non_member_idx.shape[0]} held-out)"
+            f"{site.node}: too few label-matched rows for membership inference "
+            f"({in_cols[-1].shape[0]} members, {pool.shape[0]} held-out)"
         )
-    member_idx = torch.from_numpy(np.sort(rng.choice(in_cols[-1].shape[0], n, replace=False)))
     reference = _reference_model(scenario, site, [c[reference_rows] for c in out_cols], splits)
+    non_member_idx = pool[torch.from_numpy(pool_idx)]
     result = membership_inference(
         final,
         reference,
-        [c[member_idx] for c in in_cols],
-        [c[non_member_idx[:n]] for c in out_cols],
+        [c[torch.from_numpy(member_idx)] for c in in_cols],
+        [c[non_member_idx] for c in out_cols],
         batch_size=scenario.train.eval_batch_size,
         device=resolve_device(scenario.train.device),
         fpr=options.fpr,
     )
-    epochs = _site_epochs(scenario, site)
     return {
         **result.as_dict(),
         "fpr": options.fpr,
+        "matched_on": "label",
         "reference": {
             "rows": int(reference_rows.shape[0]),
             "source": "held-out rows (test split), disjoint from the attacked rows",
-            "epochs": epochs,
+            "epochs": _site_epochs(scenario, site),
             "noise_multiplier": site.mechanism.noise_multiplier if site.mechanism else None,
         },
         "seed": options.seed,
@@ -271,10 +281,8 @@ def _membership(
 
 
 def _reference_model(
-    scenario: ScenarioConfig, site: Site, columns: list[Tensor], splits: Any
+    scenario: ScenarioConfig, site: Site, columns: list[Tensor], splits: DatasetSplits
 ) -> nn.Module:
-    from torch.utils.data import TensorDataset
-
     model = fresh_model(scenario, splits, scenario.train.seed + 1)
     dp = scenario.dp
     if site.mechanism is None:
@@ -296,15 +304,17 @@ def _reference_model(
 
 
 def _canary(
-    scenario: ScenarioConfig, site: Site, members: Dataset, splits: Any, options: AuditOptions
+    scenario: ScenarioConfig,
+    site: Site,
+    members: Dataset,
+    splits: DatasetSplits,
+    options: AuditOptions,
 ) -> dict[str, Any]:
     if site.mechanism is None:
         raise PrivacyAuditError(
             f"{site.node} trained without DP-SGD: there is no accounted epsilon for a canary "
             "audit to test (use --mia-only)"
         )
-    canaries = int(options.canaries or 0)
-    k_plus = canaries // 5 if options.k_plus is None else options.k_plus
     audit = run_canary_audit(
         fresh_model(scenario, splits, scenario.train.seed),
         members,
@@ -313,8 +323,8 @@ def _canary(
         train_cfg=scenario.train,
         optim_cfg=scenario.optimizer,
         dp_cfg=scenario.dp,
-        canaries=canaries,
-        k_plus=k_plus,
+        canaries=int(options.canaries or 0),
+        k_plus=_k_plus(options),
         k_minus=options.k_minus,
         seed=options.seed,
         noise_off=options.noise_off,
@@ -323,11 +333,16 @@ def _canary(
     return audit.as_dict()
 
 
-def fresh_model(scenario: ScenarioConfig, splits: Any, seed: int) -> nn.Module:
-    """An untrained model of the run's architecture; the caller's RNG is left untouched."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return build_model(scenario.model, tuple(splits.input_shape), splits.num_classes)
+def _k_plus(options: AuditOptions) -> int:
+    """Default: guess "in" for the top fifth, well inside the members Poisson sampling picks."""
+    if options.k_plus is not None:
+        return options.k_plus
+    return int(options.canaries or 0) // 5
+
+
+def fresh_model(scenario: ScenarioConfig, splits: DatasetSplits, seed: int) -> nn.Module:
+    """An untrained model of the run's architecture (seeded; the caller's RNG untouched)."""
+    return build_model(scenario.model, splits.input_shape, splits.num_classes, seed=seed)
 
 
 def _site_epochs(scenario: ScenarioConfig, site: Site) -> int:
