@@ -5,16 +5,18 @@ Their Algorithm 1: each of ``m`` canaries is included independently with probabi
 one training run the auditor scores every canary, guesses "included" for the ``k_plus`` highest
 scores and "excluded" for the ``k_minus`` lowest, and abstains on the rest. If training is
 (epsilon, delta)-DP, the number ``W`` of correct guesses among the ``r = k_plus + k_minus`` made
-satisfies, for every ``v`` (their Theorem 5.2, the approximate-DP form of the main theorem)::
+satisfies, for every ``v`` (their main theorem, Theorem 3.1, which covers (epsilon, delta)-DP;
+``p_value`` evaluates it as the paper's Appendix D code does)::
 
     P[W >= v] <= f(v) + 2 m delta * max_{i = 1..v} (f(v - i) - f(v)) / i,
     f(v) = P[Binomial(r, e^epsilon / (1 + e^epsilon)) >= v].
 
 The right-hand side is the p-value of "this run is (epsilon, delta)-DP" given ``v`` correct
 guesses; it grows with epsilon. The lower bound at confidence ``1 - alpha`` is the largest
-epsilon whose p-value is still below ``alpha``: every claim at or under it is refuted. With
-``delta = 0`` this is the plain binomial tail (their pure-DP Theorem 3.1): ``r`` guesses all
-correct give ``(e^eps / (1 + e^eps))^r = alpha``.
+epsilon whose p-value is still below ``alpha``: every smaller claim is refuted. With
+``delta = 0`` this is the plain binomial tail (W is dominated by the binomial): ``r`` guesses
+all correct give ``(e^eps / (1 + e^eps))^r = alpha``. The inequality is written out above so
+that it can be checked against the paper line by line.
 
 The guesses must not depend on which canaries were included except through the trained model,
 and ``k_plus``/``k_minus`` must be fixed before the scores are seen: choosing them afterwards (or
