@@ -380,10 +380,11 @@ def membership_table(pa: PrivacyAuditSummary) -> Table:
         header=["Attack", "AUC", f"TPR at {fmt.pct(fpr, 0)} FPR", "Bound from ε"],
         rows=rows,
         note=f"{pa.members} of the site's training records against {pa.non_members} held-out "
-        "records it never saw. 'loss': the final model's loss; 'calibrated': loss under a "
-        "reference model trained (as the site trained) on other held-out rows minus loss under "
-        "the final model. AUC 0.5 is guessing. 'Bound from ε': the highest TPR any attack can "
-        f"reach at that FPR under the site's ε {fmt.num(pa.epsilon_site)} (e^ε·FPR + δ)."
+        "records no site trained on, drawn class by class to match the site's labels. 'loss': "
+        "the final model's loss; 'calibrated': loss under a reference model trained (as the "
+        "site trained) on other held-out rows minus loss under the final model. AUC 0.5 is "
+        "guessing. 'Bound from ε': the highest TPR any attack can reach at that FPR under the "
+        f"site's ε {fmt.num(pa.epsilon_site)} (e^ε·FPR + δ)."
         + ("" if pa.matches_run else " Made for another run or final model."),
         flagged=[
             i
@@ -423,7 +424,8 @@ def canary_table(pa: PrivacyAuditSummary) -> Table:
         note="Steinke, Nasr & Jagielski (2023): m canaries, each included with probability 1/2, "
         "trained through the site's own sampling, clipping and noise; the highest-scoring are "
         "guessed 'in'. 'ε ≥' is the lower bound the right guesses prove at the stated "
-        "confidence, to set against the accountant's ε for the same mechanism; 'At most' is "
+        "confidence, to set against 'ε accounted', the accountant's ε for the mechanism replayed "
+        "(the site's noise, sampling rate and steps in this run); 'At most' is "
         "the bound had every guess been right. A bound above the accounted ε refutes it: with "
         "the configured noise that means the implementation or its accounting is wrong; the "
         "noise-off control should refute it, showing the audit can.",
