@@ -30,6 +30,7 @@ $(STAMP): pyproject.toml requirements.txt requirements-data.txt
 demo: $(STAMP)
 	rm -rf $(DEMO_OUT)
 	$(VENV)/bin/fedmodel simulate mnist-cnn --clients 3 --rounds 3 --train-limit 3000 --out $(DEMO_OUT)
+	$(VENV)/bin/fedmodel audit privacy $(DEMO_OUT) --mia-only
 	$(VENV)/bin/fedmodel report $(DEMO_OUT) --out $(DEMO_OUT)/report
 	@echo "demo finished: run folder $(DEMO_OUT), report $(DEMO_OUT)/report/report.html (.pdf, .json)"
 

@@ -33,7 +33,7 @@ app.add_typer(keys_app, name="keys", help="Node keys: Flower authentication and 
 app.add_typer(pki_app, name="pki", help="Certificate authority and SuperLink TLS certificate.")
 app.add_typer(server_app, name="server", help="Coordinator: SuperLink and federated runs.")
 app.add_typer(node_app, name="node", help="Site: SuperNode, its status and privacy budget.")
-app.add_typer(audit_app, name="audit", help="Run audit logs: verify the server's signed record.")
+app.add_typer(audit_app, name="audit", help="Audits: the server's signed log; privacy attacks.")
 
 
 if __name__ == "__main__":

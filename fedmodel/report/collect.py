@@ -37,6 +37,7 @@ from fedmodel.report.model import (
     Report,
 )
 from fedmodel.report.narrative import dpia_sections, membership_tpr_bound, threat_model_sections
+from fedmodel.report.privacy_audit import read_privacy_audit
 from fedmodel.report.runfolder import (
     ClientRows,
     RunRecords,
@@ -75,6 +76,9 @@ def collect_report(
     run, transport = run_identity(records.info), transport_settings(records.info)
     central = central_dp(records, tolerance)
     audit = audit_summary(run_dir)
+    privacy, privacy_warnings = read_privacy_audit(
+        run_dir, records.run_id, records.info.get("model_hash"), clients
+    )
     return Report(
         schema_version=SCHEMA_VERSION,
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -90,10 +94,12 @@ def collect_report(
         any_budget_exceeded=any(c.budget_exceeded for c in clients),
         warnings=run_warnings(records)
         + [w for ev in evidence for w in ev.warnings]
-        + audit_warnings(audit),
+        + audit_warnings(audit)
+        + privacy_warnings,
         threat_model=threat_model_sections(transport, central),
         dpia=dpia_sections(run, transport, central, clients),
         audit=audit,
+        privacy_audit=privacy,
     )
 
 

@@ -201,7 +201,58 @@ class Report:
     threat_model: list[Section]
     dpia: list[Section]
     audit: AuditSummary | None = None  # None: the run folder has no audit log
+    privacy_audit: PrivacyAuditSummary | None = None  # None: no privacy-audit.json
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy; dataclasses become dicts, nothing is rounded."""
         return asdict(self)
+
+
+# --- empirical privacy audit (RUN_DIR/privacy-audit.json, fedmodel.report.privacy_audit) -----
+
+
+@dataclass(frozen=True)
+class MembershipAttack:
+    """One membership-inference attack on the final model."""
+
+    attack: str
+    auc: float
+    tpr_at_fpr: float
+    fpr: float
+
+
+@dataclass(frozen=True)
+class CanaryFigures:
+    """One canary audit: the lower bound it proved next to the epsilon that was accounted."""
+
+    noise_off: bool  # the control run without noise: it should refute the claim
+    canaries: int
+    guesses: int
+    correct: int
+    confidence: float
+    delta: float
+    epsilon_lower_bound: float
+    epsilon_ceiling: float
+    epsilon_accounted: float
+    noise_multiplier_trained: float
+    seed: int
+
+    @property
+    def refutes_claim(self) -> bool:
+        return self.epsilon_lower_bound > self.epsilon_accounted
+
+
+@dataclass(frozen=True)
+class PrivacyAuditSummary:
+    """What ``privacy-audit.json`` says about one site, checked against this run."""
+
+    node: str
+    generated_at: str | None
+    matches_run: bool  # made for this run id and this final model
+    members: int
+    non_members: int
+    attacks: list[MembershipAttack]
+    epsilon_site: float | None  # the report's own epsilon for the site (PRV, all its rounds)
+    delta_site: float | None
+    tpr_bound: float | None  # the highest TPR at the attacks' FPR that epsilon allows
+    canaries: list[CanaryFigures] = field(default_factory=list)

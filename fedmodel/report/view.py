@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from fedmodel.report import fmt
-from fedmodel.report.model import Report, Section
+from fedmodel.report.model import CanaryFigures, PrivacyAuditSummary, Report, Section
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,8 @@ def document(report: Report) -> list[Block]:
         central_dp_table(report) or Note(CENTRAL_DP_ABSENT),
         Heading("7. Data protection impact assessment (GDPR art. 35)", "dpia"),
         *report.dpia,
+        Heading("8. Empirical privacy audit", "empirical"),
+        *privacy_audit_blocks(report),
     ]
 
 
@@ -355,3 +357,94 @@ CENTRAL_DP_ABSENT = (
 def _kv(title: str, pairs: list[tuple[str, Any]]) -> Table:
     rows = [[label, "—" if value is None else str(value)] for label, value in pairs]
     return Table(title=title, header=["", ""], rows=rows, key_value=True)
+
+
+def privacy_audit_blocks(report: Report) -> list[Block]:
+    """Membership inference and, when run, the canary audit beside the accounted epsilon."""
+    pa = report.privacy_audit
+    if pa is None:
+        return [Note(PRIVACY_AUDIT_ABSENT)]
+    blocks: list[Block] = [membership_table(pa)]
+    blocks.append(canary_table(pa) if pa.canaries else Note(CANARY_ABSENT))
+    return blocks
+
+
+def membership_table(pa: PrivacyAuditSummary) -> Table:
+    fpr = pa.attacks[0].fpr if pa.attacks else 0.01
+    rows = [
+        [a.attack, fmt.num(a.auc, 3), fmt.num(a.tpr_at_fpr, 3), fmt.num(pa.tpr_bound, 3)]
+        for a in pa.attacks
+    ]
+    return Table(
+        title=f"Membership inference on {pa.node}'s records (final model)",
+        header=["Attack", "AUC", f"TPR at {fmt.pct(fpr, 0)} FPR", "Bound from ε"],
+        rows=rows,
+        note=f"{pa.members} of the site's training records against {pa.non_members} held-out "
+        "records no site trained on, drawn class by class to match the site's labels. 'loss': "
+        "the final model's loss; 'calibrated': loss under a reference model trained (as the "
+        "site trained) on other held-out rows minus loss under the final model. AUC 0.5 is "
+        "guessing. 'Bound from ε': the highest TPR any attack can reach at that FPR under the "
+        f"site's ε {fmt.num(pa.epsilon_site)} (e^ε·FPR + δ)."
+        + ("" if pa.matches_run else " Made for another run or final model."),
+        flagged=[
+            i
+            for i, a in enumerate(pa.attacks)
+            if pa.tpr_bound is not None and a.tpr_at_fpr > pa.tpr_bound
+        ],
+    )
+
+
+def canary_table(pa: PrivacyAuditSummary) -> Table:
+    rows = [
+        [
+            "noise off (control)"
+            if c.noise_off
+            else f"as run (σ {fmt.num(c.noise_multiplier_trained)})",
+            str(c.canaries),
+            f"{c.correct} / {c.guesses}",
+            f"{fmt.num(c.epsilon_lower_bound, 3)} ({fmt.pct(c.confidence, 0)})",
+            fmt.num(c.epsilon_ceiling, 3),
+            fmt.num(c.epsilon_accounted, 4),
+            _canary_verdict(c),
+        ]
+        for c in pa.canaries
+    ]
+    return Table(
+        title=f"Canary audit of {pa.node}'s DP-SGD (one training run)",
+        header=[
+            "Training",
+            "m",
+            "Right / guesses",
+            "ε ≥ (confidence)",
+            "At most",
+            "ε accounted",
+            "Verdict",
+        ],
+        rows=rows,
+        note="Steinke, Nasr & Jagielski (2023): m canaries, each included with probability 1/2, "
+        "trained through the site's own sampling, clipping and noise; the highest-scoring are "
+        "guessed 'in'. 'ε ≥' is the lower bound the right guesses prove at the stated "
+        "confidence, to set against 'ε accounted', the accountant's ε for the mechanism replayed "
+        "(the site's noise, sampling rate and steps in this run); 'At most' is "
+        "the bound had every guess been right. A bound above the accounted ε refutes it: with "
+        "the configured noise that means the implementation or its accounting is wrong; the "
+        "noise-off control should refute it, showing the audit can.",
+        flagged=[i for i, c in enumerate(pa.canaries) if c.refutes_claim and not c.noise_off],
+    )
+
+
+def _canary_verdict(c: CanaryFigures) -> str:
+    if c.noise_off:
+        return "refuted, as it should be" if c.refutes_claim else "not refuted: audit too weak"
+    return "REFUTED" if c.refutes_claim else "consistent"
+
+
+PRIVACY_AUDIT_ABSENT = (
+    "No empirical privacy audit for this run folder (privacy-audit.json): run "
+    "`fedmodel audit privacy RUN_DIR` to attack the final model, with --canaries to test the "
+    "accountant's ε with a canary audit."
+)
+CANARY_ABSENT = (
+    "No canary audit yet: `fedmodel audit privacy RUN_DIR --canaries 1000` trains the site's "
+    "DP-SGD once more with canaries and sets the ε it proves against the accounted one."
+)
