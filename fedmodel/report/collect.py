@@ -16,6 +16,7 @@ from typing import Any
 
 from fedmodel import __version__
 from fedmodel.config import NEIGHBOURING_SENSITIVITY
+from fedmodel.nodenames import NODE_NAME_RULE, is_node_name
 from fedmodel.privacy.budget import cumulative_epsilon
 from fedmodel.report import fmt
 from fedmodel.report.audit import audit_summary, audit_warnings
@@ -93,6 +94,7 @@ def collect_report(
         any_budget_exceeded=any(c.budget_exceeded for c in clients),
         warnings=run_warnings(records)
         + [w for ev in evidence for w in ev.warnings]
+        + name_warnings(evidence)
         + central_dp_warnings(records, central)
         + audit_warnings(audit),
         threat_model=threat_model_sections(transport, central),
@@ -115,6 +117,17 @@ def verify_all(
             )
         out[ledger.node] = ledger
     return out
+
+
+def name_warnings(evidence: list[Evidence]) -> list[str]:
+    """Names come from the sites' replies and ledgers; one outside the node-name rule was never
+    configured by an operator, so it is flagged (and never used as a path)."""
+    return [
+        f"node name {ev.node!r} breaks the node-name rule ({NODE_NAME_RULE}); it was taken "
+        "as the site wrote it and not used to find any file"
+        for ev in evidence
+        if not is_node_name(ev.node)
+    ]
 
 
 def run_warnings(records: RunRecords) -> list[str]:
