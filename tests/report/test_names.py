@@ -10,6 +10,7 @@ import pytest
 
 from fedmodel.report.build import build_report
 from fedmodel.report.plots import epsilon_figure
+from tests.report.conftest import REPORT_FILES
 from tests.report.runfolder import SITES, Site, build_run_dir
 
 # matplotlib reads $...$ as mathtext: the first renders as math, the second does not parse
@@ -44,16 +45,7 @@ def test_hostile_names_neither_crash_nor_leave_the_output_folder(hostile_run, tm
     files = build_report(hostile_run, out)
 
     assert _files(hostile_run) == before, "nothing written into the run folder"
-    assert _files(tmp_path) == {
-        f"out/report/{name}"
-        for name in (
-            "report.html",
-            "report.pdf",
-            "report.json",
-            "plots/epsilon.png",
-            "plots/accuracy.png",
-        )
-    }
+    assert _files(tmp_path) == {f"out/report/{name}" for name in REPORT_FILES}
     nodes = {c.node: c for c in files.report.clients}
     assert set(nodes) == set(HOSTILE)
     assert nodes[".."].cap is None, "a name from a reply is never joined into a path"
