@@ -9,8 +9,13 @@ epsilon any client reported (PRV accountant, the steps actually run).
   Anchor: Tramer & Boneh 2021, centralised end-to-end CNN at epsilon 3: 98.1 %.
 * E2 ``heart``: UCI heart disease, the 4 real hospitals, epsilon <= 1 (delta 1e-3), tested on
   every hospital's own held-out rows pooled. Anchor: FLamby 71.3 % without DP. A small grid of
-  settings is tried; *all* of them are reported, and the best is picked on the same pooled test
-  set (no separate validation split exists at this size), so it is optimistic by selection.
+  settings is tried, each trained on 80 % of every hospital's training rows and scored on the
+  other 20 % (a validation split carved from the training rows, stratified by hospital and
+  label); the best validation score picks the setting, which is then trained once on all the
+  training rows and evaluated once on the pooled test rows. The test rows never take part in
+  the choice, and the selection runs' test figures are not kept. Every trial trains with fresh
+  ledgers, so the sites' data go through ``trials + 1`` runs of epsilon <= 1 each; the number
+  of trials is reported with the result.
 * E3 ``text``: Rotten Tomatoes, 2-layer MiniLM, 5 clients, epsilon 8, and the same run without
   DP. Goal: within 3 points of the non-DP run.
 
@@ -41,6 +46,8 @@ RESULTS = RESULTS_DIR / "federated_accuracy.json"
 PLOTS = Path(__file__).resolve().parent.parent / "docs" / "plots"
 
 # E2 grid: each entry is a set of scenario overrides on top of heart-hospitals (epsilon 1).
+# Share of each hospital's training rows held out to choose between them (never the test rows).
+HEART_VALIDATION_FRACTION = 0.2
 HEART_GRID: list[dict[str, Any]] = [
     {},  # the shipped scenario: MLP [32], SGD lr 0.05 m 0.9, 2 epochs, batch 16, 5 rounds
     {"model.hidden_sizes": [], "optimizer.lr": 0.1},  # logistic regression, like FLamby
@@ -180,6 +187,7 @@ def e1_mnist(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def e2_heart(args: argparse.Namespace) -> dict[str, Any]:
+    """Choose a setting on validation rows carved from the training rows, then test it once."""
     from fedmodel.scenarios import apply_overrides, load_scenario
 
     base = load_scenario("heart-hospitals")
@@ -191,24 +199,84 @@ def e2_heart(args: argparse.Namespace) -> dict[str, Any]:
     for i in picks:
         overrides = {"dp.target_epsilon": args.heart_epsilon, **HEART_GRID[i]}
         cfg = apply_overrides(base, overrides, f"E2[{i}]")
-        summary = run(cfg, f"e2-heart-{i}")
-        tried.append({"grid": i, "overrides": HEART_GRID[i], **_headline(summary),
-                      "settings": _settings(cfg), "details": summary})  # fmt: skip
-        print(f"E2[{i}] {HEART_GRID[i]}: acc {summary['accuracy']:.4f} "
+        fit_rows, validation = heart_validation(cfg)
+        trial = apply_overrides(cfg, {"data.train_limit": fit_rows}, f"E2[{i}] selection")
+        summary = run(trial, f"e2-heart-{i}")
+        tried.append({"grid": i, "overrides": HEART_GRID[i],
+                      "validation_accuracy": validation_accuracy(summary, validation),
+                      "epsilon": summary["epsilon"], "wall_s": summary["wall_s"],
+                      "settings": _settings(trial)})  # fmt: skip
+        print(f"E2[{i}] {HEART_GRID[i]}: validation acc {tried[-1]['validation_accuracy']:.4f} "
               f"eps {summary['epsilon']:.3f} ({summary['wall_s']} s)", flush=True)  # fmt: skip
-    best = max(tried, key=lambda t: t["accuracy"] or 0.0)
-    plot({f"[{t['grid']}]": t["details"]["curve"] for t in tried},
+    best = max(tried, key=lambda t: t["validation_accuracy"])  # first of equals: lowest index
+    chosen = apply_overrides(
+        base, {"dp.target_epsilon": args.heart_epsilon, **HEART_GRID[best["grid"]]}, "E2 final"
+    )
+    final = run(chosen, f"e2-heart-final-{best['grid']}")
+    print(f"E2 final [{best['grid']}]: test acc {final['accuracy']:.4f}", flush=True)
+    plot({f"[{best['grid']}] (chosen on validation)": final["curve"]},
          f"E2 heart, 4 hospitals, eps <= {args.heart_epsilon}",
          args.plots / "federated_accuracy_heart.png", 0.72)  # fmt: skip
     return {
-        **{k: best[k] for k in ("accuracy", "epsilon", "rounds")},
+        **_headline(final),
         "goal": 0.72,
         "best_grid": best["grid"],
-        "settings": best["settings"],
-        "selection_note": "best of the grid on the pooled test set (optimistic by selection)",
-        "mean_accuracy_over_grid": sum(t["accuracy"] or 0.0 for t in tried) / len(tried),
+        "settings": _settings(chosen),
+        "selection_note": f"chosen by validation accuracy on {len(validation)} training rows "
+        f"({HEART_VALIDATION_FRACTION:.0%} of each hospital's, stratified by hospital and label) "
+        "that the selection runs did not train on; the test rows were used once, by the final run",
+        "trials": len(tried),
+        "runs_on_the_sites_data": len(tried) + 1,
+        "validation_rows": len(validation),
+        "fit_rows": tried[0]["settings"]["train_limit"],
         "tried": tried,
+        "details": final,
     }
+
+
+def heart_validation(cfg: Any) -> tuple[int, Any]:
+    """(rows a selection run trains on, the validation rows) for ``cfg``'s heart data.
+
+    The validation rows are the training rows that ``data.train_limit = fit_rows`` leaves out
+    (the limit is a seeded slice stratified by hospital and label), preprocessed per hospital
+    with the statistics of the rows the run trains on, as the run's own nodes and server do. The
+    training features rebuilt here must equal the run's own, so the two cannot drift apart.
+    """
+    import numpy as np
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from fedmodel.data import load_dataset
+    from fedmodel.data.heart import load_heart_data
+    from fedmodel.data.preprocess import preprocess_tabular
+    from fedmodel.data.split import holdout_and_limit, holdout_split
+    from fedmodel.data.tables import LABEL, SITE
+
+    data = load_heart_data()
+    labels = data.train[LABEL].to_numpy()
+    sites = data.train[SITE].to_numpy(dtype=np.int64)
+    train, _ = holdout_split(labels, cfg.data.test_fraction, cfg.data.seed, sites)
+    fit_rows = len(train) - round(HEART_VALIDATION_FRACTION * len(train))
+    limited = cfg.data.model_copy(update={"train_limit": fit_rows})
+    fit, test = holdout_and_limit(limited, labels, sites)
+    held = np.setdiff1d(train, fit)
+    assert len(np.intersect1d(held, test)) == 0 and len(fit) == fit_rows
+    features = preprocess_tabular(
+        data.spec, data.train.iloc[fit], data.train.iloc[held], sites[fit], sites[held]
+    )
+    run_train = load_dataset(limited).train.tensors[0]
+    assert torch.equal(run_train, torch.from_numpy(features.x_train)), "data layer drifted"
+    y = torch.tensor(labels[held].astype(np.int64))
+    return fit_rows, TensorDataset(torch.from_numpy(features.x_test), y)
+
+
+def validation_accuracy(summary: dict[str, Any], validation: Any) -> float:
+    """The selection run's final model (``model/`` in its run folder) on the validation rows."""
+    from fedmodel.training import evaluate
+    from fedmodel.training.export import load_exported
+
+    model, _ = load_exported(Path(summary["run_dir"]) / "model")
+    return float(evaluate(model, validation).accuracy)
 
 
 def e2_heart_seeds(args: argparse.Namespace) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from fedmodel.config import ConfigError, ModelName, PrivacyBudget, StrictModel, load_toml
+from fedmodel.nodenames import NODE_NAME_PATTERN, NODE_NAME_RULE
 from fedmodel.privacy.highwater import MARK_FILE
 
 NODE_FILE = "node.toml"
@@ -117,7 +118,7 @@ class NodeDeployment(StrictModel):
 
 
 class NodeConfig(StrictModel):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NODE_NAME_PATTERN, description=NODE_NAME_RULE)
     ledger_dir: Path = Path("ledger")
     high_water_mark: Path = Field(
         Path(MARK_FILE),

@@ -6,8 +6,17 @@ code: :class:`DifferentialPrivacyServerSideFixedClipping` clips every update and
 mean, and Flower's :class:`RdpAccountant` (Google's ``dp-accounting`` underneath) composes one
 Gaussian release per round. What this module adds is what a run needs around them:
 
-- a budget check before the first round, so a run that would pass ``max_epsilon`` fails with
-  one line instead of stopping half-way with Flower's ``PrivacyBudgetExhausted``;
+- the epsilon under the scenario's stated neighbouring relation (``central_dp.neighbouring``).
+  Flower 1.41 accounts fixed clipping only as ``no-amplification`` + ``add-or-remove-one``
+  (its ``PrivacyConfig`` refuses ``no-amplification`` with ``replace-one``, and the wrapper
+  refuses any other sampling method), so the wrapper keeps Flower's accountant as its release
+  log and for its checks (sample size, equal weights), and :func:`stated_epsilon` re-composes
+  that log as Gaussian releases at ``noise_multiplier / sensitivity`` (2 for replace-one: the
+  mean moves by up to 2C/m, and Flower's noise sigma*C/m is then sigma/2 of it). For
+  add-remove this is exactly Flower's own figure;
+- a budget check before the first round, under the stated relation, so a run that would pass
+  ``max_epsilon`` fails with one line instead of stopping half-way (Flower's own mid-run check
+  sees its add-remove figure, never larger than the stated one, so it cannot fire first);
 - uniform weights: the clipped-mean sensitivity Flower's noise assumes holds only when every
   site counts once, so each accepted reply's weight is set by the server (never trusted from a
   node, which could otherwise claim a large weight and break Flower's equal-weight check);
@@ -28,7 +37,12 @@ from flwr.serverapp import (
 )
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
-from fedmodel.config import CentralDPConfig, ConfigError, ScenarioConfig
+from fedmodel.config import (
+    NEIGHBOURING_SENSITIVITY,
+    CentralDPConfig,
+    ConfigError,
+    ScenarioConfig,
+)
 
 INFO_KEY = "central_dp"  # run.json
 
@@ -41,21 +55,13 @@ def sampled_per_round(scenario: ScenarioConfig) -> int:
 
 
 def new_accountant(scenario: ScenarioConfig, state: dict[str, Any] | None = None) -> RdpAccountant:
-    """Flower's accountant for this scenario; ``state`` (from run.json) continues a resumed run.
+    """Flower's accountant, the wrapper's release log; ``state`` (run.json) continues a resumed
+    run. Its own epsilon is the add-remove one; :func:`stated_epsilon` is the run's figure.
 
     Flower's fixed-clipping accounting supports only ``no-amplification``: the sampling of
     sites is not credited, so the figure is an upper bound whatever ``fraction_train`` is.
     """
-    cfg = scenario.central_dp
-    accountant = RdpAccountant(
-        PrivacyConfig(
-            target_delta=cfg.delta,
-            population_size=scenario.federation.num_clients,
-            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-            sampling_method=SamplingMethod.NO_AMPLIFICATION,
-            max_epsilon=cfg.max_epsilon,
-        )
-    )
+    accountant = RdpAccountant(_privacy_config(scenario))
     if state is not None:
         try:
             accountant.load_state_dict(state)
@@ -64,24 +70,45 @@ def new_accountant(scenario: ScenarioConfig, state: dict[str, Any] | None = None
     return accountant
 
 
+def stated_epsilon(scenario: ScenarioConfig, accountant: RdpAccountant, rounds: int = 0) -> float:
+    """Client-level epsilon under ``central_dp.neighbouring`` after the releases ``accountant``
+    logged and ``rounds`` more, without touching ``accountant``.
+
+    Each logged release is composed again as a Gaussian at its noise multiplier divided by the
+    relation's sensitivity (in units of C/m), with Flower's accountant as the calculator. The
+    log stores the noise as applied, so a run resumed under another relation is restated over
+    all its releases, not only the new ones.
+    """
+    cfg = scenario.central_dp
+    scale = NEIGHBOURING_SENSITIVITY[cfg.neighbouring]
+    releases = [
+        (float(c["event"]["noise_multiplier"]), int(c["count"]))
+        for c in accountant.state_dict()["compositions"]  # type: ignore[union-attr]
+    ]
+    releases.append((cfg.noise_multiplier, rounds))
+    restated = RdpAccountant(_privacy_config(scenario))
+    for noise, count in releases:
+        if count > 0:
+            restated.compose(_event(scenario, noise / scale), count=count)
+    return restated.get_epsilon(cfg.delta)
+
+
 def projected_epsilon(scenario: ScenarioConfig, accountant: RdpAccountant, rounds: int) -> float:
-    """Client-level epsilon after ``rounds`` more releases, without touching ``accountant``."""
-    projected = new_accountant(scenario, accountant.state_dict())
-    if rounds > 0:
-        projected.compose(_event(scenario), count=rounds)
-    return projected.get_epsilon(scenario.central_dp.delta)
+    """Client-level epsilon (stated relation) after ``rounds`` more releases."""
+    return stated_epsilon(scenario, accountant, rounds)
 
 
 def check_budget(scenario: ScenarioConfig, accountant: RdpAccountant, rounds: int) -> None:
     """Refuse, before anything trains, a run whose planned rounds would pass ``max_epsilon``."""
-    cap = scenario.central_dp.max_epsilon
-    if cap is None:
+    cfg = scenario.central_dp
+    if cfg.max_epsilon is None:
         return
     epsilon = projected_epsilon(scenario, accountant, rounds)
-    if epsilon > cap:
+    if epsilon > cfg.max_epsilon:
         raise ConfigError(
             f"central_dp: {rounds} more round(s) would reach client-level epsilon "
-            f"{epsilon:.3f} > max_epsilon {cap:g} (raise noise_multiplier or run fewer rounds)"
+            f"{epsilon:.3f} ({cfg.neighbouring}) > max_epsilon {cfg.max_epsilon:g} "
+            "(raise noise_multiplier or run fewer rounds)"
         )
 
 
@@ -99,30 +126,48 @@ def wrap(
 
 
 def run_info(scenario: ScenarioConfig, accountant: RdpAccountant) -> dict[str, Any]:
-    """What run.json records (and the report reads): settings, epsilon so far, state."""
+    """What run.json records (and the report reads): settings, the relation the epsilon is
+    stated for, epsilon so far, and Flower's release log (``accountant_state``: its config says
+    add-or-remove-one because that is the only relation Flower's wrapper accounts)."""
     cfg = scenario.central_dp
-    spent = accountant.get_privacy_spent()
+    scale = NEIGHBOURING_SENSITIVITY[cfg.neighbouring]
     return {
         "enabled": True,
         "mechanism": "Gaussian on the uniform mean of clipped updates (client-level)",
         "clipping": "server-side fixed (Flower DifferentialPrivacyServerSideFixedClipping)",
-        "accountant": "Flower RdpAccountant (dp-accounting RDP), no amplification",
+        "accountant": "Flower RdpAccountant (dp-accounting RDP), no amplification, releases "
+        "at noise_multiplier / sensitivity",
+        "neighbouring": cfg.neighbouring,
+        "sensitivity": f"{scale:g}C/m" if scale != 1 else "C/m",
         "noise_multiplier": cfg.noise_multiplier,
+        "accounted_noise_multiplier": cfg.accounted_noise_multiplier,
         "clipping_norm": cfg.clipping_norm,
         "num_sampled_clients": sampled_per_round(scenario),
         "population_size": scenario.federation.num_clients,
         "sample_rate": 1.0,  # no amplification is credited; the report's cross-check agrees
-        "rounds": spent.num_releases,
-        "epsilon": spent.epsilon,
-        "delta": spent.delta,
+        "rounds": accountant.num_releases,
+        "epsilon": stated_epsilon(scenario, accountant),
+        "delta": cfg.delta,
         "max_epsilon": cfg.max_epsilon,
         "accountant_state": accountant.state_dict(),
     }
 
 
-def _event(scenario: ScenarioConfig) -> GaussianPrivacyEvent:
+def _privacy_config(scenario: ScenarioConfig) -> PrivacyConfig:
+    """The only accounting model Flower's fixed-clipping wrapper takes (see the module note)."""
+    cfg = scenario.central_dp
+    return PrivacyConfig(
+        target_delta=cfg.delta,
+        population_size=scenario.federation.num_clients,
+        neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+        sampling_method=SamplingMethod.NO_AMPLIFICATION,
+        max_epsilon=cfg.max_epsilon,
+    )
+
+
+def _event(scenario: ScenarioConfig, noise_multiplier: float) -> GaussianPrivacyEvent:
     return GaussianPrivacyEvent(
-        noise_multiplier=scenario.central_dp.noise_multiplier,
+        noise_multiplier=noise_multiplier,
         sample_size=sampled_per_round(scenario),
         population_size=scenario.federation.num_clients,
     )

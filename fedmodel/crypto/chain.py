@@ -8,7 +8,8 @@ Each line of the file is one entry::
 ``hash`` is sha256 over the canonical JSON (sorted keys, no spaces) of ``seq``, ``prev``, ``body``
 and ``signer``; ``sig`` is the Ed25519 signature over the 32 raw digest bytes. Changing any body
 value changes the hash; recomputing the hash needs the key to re-sign; removing or reordering
-entries breaks a ``prev`` link. What the chain cannot show is a *cut tail* or a wholesale rewrite
+entries, or splicing in an entry another chain of the same key holds at the same ``seq``, breaks
+a ``prev`` link. What the chain cannot show is a *cut tail* or a wholesale rewrite
 by the key holder: that is what the heads recorded elsewhere (by the server) are for.
 
 Crash safety: every append rewrites the whole file atomically (temp file + fsync + rename +
@@ -298,7 +299,7 @@ def _check_entry(
     expected_signer: str,
 ) -> ChainBreak | None:
     """Content first, then origin, then position: a changed number reads as ``bad-hash``, a
-    removed or swapped entry (intact itself) as ``broken-link``."""
+    removed, swapped or spliced entry (intact itself) as ``broken-link``."""
     if entry.hash != entry_hash(entry.seq, entry.prev, entry.body, entry.signer):
         return ChainBreak(
             index, "bad-hash", f"content changed after signing (stored hash {entry.hash[:16]}…)"
@@ -315,17 +316,29 @@ def _check_entry(
             index, "bad-signature", f"entry names signer {entry.signer[:16]}…, not the given key"
         )
     if entry.prev != prev_hash:
-        return ChainBreak(
-            index,
-            "broken-link",
-            f"prev {entry.prev[:16]}… is not the hash of entry {index - 1} ({prev_hash[:16]}…): "
-            "an entry was removed, inserted or reordered"
-            if index
-            else f"first entry must have prev {ZERO_HASH[:16]}…, has {entry.prev[:16]}…",
-        )
+        return ChainBreak(index, "broken-link", _link_detail(index, entry, prev_hash))
     if entry.seq != index:
         return ChainBreak(index, "seq-gap", f"seq {entry.seq} where {index} was expected")
     return None
+
+
+def _link_detail(index: int, entry: ChainEntry, prev_hash: str) -> str:
+    """Why a signed entry does not link to its predecessor, in the reader's terms.
+
+    An intact entry whose seq fits its position yet links elsewhere was made for this position
+    of *another* chain signed by the same key (a site's second ledger, an older install's log):
+    a splice, which only the link exposes. A seq that does not fit means entries were
+    removed, inserted or reordered within the chain.
+    """
+    if not index:
+        return f"first entry must have prev {ZERO_HASH[:16]}…, has {entry.prev[:16]}…"
+    link = f"prev {entry.prev[:16]}… is not the hash of entry {index - 1} ({prev_hash[:16]}…)"
+    if entry.seq == index:
+        return (
+            f"{link}: entry {index - 1} or {index} was spliced in from another chain signed "
+            "by the same key (its seq fits, its link does not)"
+        )
+    return f"{link}: an entry was removed, inserted or reordered"
 
 
 def verify_entry(line: str | bytes, public_key: ed25519.Ed25519PublicKey) -> ChainEntry:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +30,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 
 from fedmodel.errors import FedmodelError
 from fedmodel.io import atomic_write_bytes
+from fedmodel.nodenames import NODE_NAME_RULE, is_node_name
 
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
 SIGNING_SUFFIX = ".ed25519"
 AUTH_SUFFIX = ".auth"
 PUBLIC_SUFFIX = ".pub"
-_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class KeyFileError(FedmodelError):
@@ -170,11 +169,8 @@ def load_auth_public_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePublic
 
 def node_key_paths(name: str, directory: str | os.PathLike[str]) -> tuple[Path, Path]:
     """``(<dir>/<name>.ed25519, <dir>/<name>.auth)``: one naming rule for writers and readers."""
-    if not _NODE_NAME.fullmatch(name):
-        raise KeyFileError(
-            f"node name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a "
-            "letter or digit"
-        )
+    if not is_node_name(name):
+        raise KeyFileError(f"node name {name!r}: use {NODE_NAME_RULE}")
     d = Path(directory)
     return d / f"{name}{SIGNING_SUFFIX}", d / f"{name}{AUTH_SUFFIX}"
 

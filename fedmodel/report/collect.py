@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from fedmodel import __version__
+from fedmodel.config import NEIGHBOURING_SENSITIVITY
+from fedmodel.nodenames import NODE_NAME_RULE, is_node_name
 from fedmodel.privacy.budget import cumulative_epsilon
+from fedmodel.report import fmt
 from fedmodel.report.audit import audit_summary, audit_warnings
-from fedmodel.report.crosscheck import DEFAULT_TOLERANCE, cross_check
+from fedmodel.report.crosscheck import DEFAULT_TOLERANCE, cross_check, gaussian_rdp_epsilon
 from fedmodel.report.errors import ReportError
 from fedmodel.report.evidence import Evidence, TrainedRound, agrees, gather_evidence
 from fedmodel.report.ledgers import (
@@ -90,10 +93,13 @@ def collect_report(
         clients=clients,
         rounds=[round_metrics(row) for row in records.rounds],
         crosscheck_tolerance=tolerance,
-        all_within_tolerance=all(c.crosscheck.within_tolerance for c in clients),
+        all_within_tolerance=all(c.crosscheck.within_tolerance for c in clients)
+        and (central.crosscheck is None or central.crosscheck.within_tolerance),
         any_budget_exceeded=any(c.budget_exceeded for c in clients),
         warnings=run_warnings(records)
         + [w for ev in evidence for w in ev.warnings]
+        + name_warnings(evidence)
+        + central_dp_warnings(records, central)
         + audit_warnings(audit)
         + privacy_warnings,
         threat_model=threat_model_sections(transport, central),
@@ -117,6 +123,17 @@ def verify_all(
             )
         out[ledger.node] = ledger
     return out
+
+
+def name_warnings(evidence: list[Evidence]) -> list[str]:
+    """Names come from the sites' replies and ledgers; one outside the node-name rule was never
+    configured by an operator, so it is flagged (and never used as a path)."""
+    return [
+        f"node name {ev.node!r} breaks the node-name rule ({NODE_NAME_RULE}); it was taken "
+        "as the site wrote it and not used to find any file"
+        for ev in evidence
+        if not is_node_name(ev.node)
+    ]
 
 
 def run_warnings(records: RunRecords) -> list[str]:
@@ -254,38 +271,100 @@ def _distinct(values) -> list[float]:
 
 # --- central DP -------------------------------------------------------------------------------
 
+LEGACY_RELATION = "add-remove"  # runs recorded before the relation was stated: Flower's
+
 
 def central_dp(records: RunRecords, tolerance: float) -> CentralDP:
-    """Client-level DP from Flower's DifferentialPrivacy*Clipping wrappers, if run.json has it.
+    """Client-level DP as run.json records it, its epsilon recomputed from the recorded settings.
 
-    Recomputed as a subsampled Gaussian over rounds when noise, delta and a sampling rate are
-    known; ``sample_rate`` falls back to the strategy's ``fraction_train`` and ``rounds`` to the
-    number of rounds recorded.
+    The server credits no amplification (every sampled site, every round), so the mechanism is
+    one Gaussian release per round at ``noise_multiplier`` divided by the stated relation's
+    sensitivity. The recorded epsilon must be that mechanism's dp-accounting RDP figure (the
+    method Flower's accountant uses, so they agree to float noise); PRV and PLD give the tighter
+    figure and cross-check each other. ``rounds`` falls back to the rounds in metrics.jsonl.
     """
     cdp = records.info.get("central_dp")
     if not isinstance(cdp, dict) or not cdp.get("enabled", True):
         return CentralDP(used=False, settings={}, epsilon=None, delta=None, crosscheck=None)
     delta = _positive(cdp.get("delta"))
     noise = _positive(cdp.get("noise_multiplier"))
-    rate = _positive(cdp.get("sample_rate", strategy_settings(records.info).get("fraction_train")))
-    check = None
-    if noise and delta and rate:
-        history = [[noise, min(rate, 1.0), int(cdp.get("rounds", len(records.rounds)))]]
-        check = cross_check(history, delta, tolerance=tolerance)
+    relation = str(cdp.get("neighbouring", LEGACY_RELATION))
+    scale = NEIGHBOURING_SENSITIVITY.get(relation)
+    releases = _count(cdp.get("rounds", len(records.rounds)))
+    recomputed, check = None, None
+    if noise and delta and scale and releases is not None:
+        recomputed = gaussian_rdp_epsilon(noise / scale, releases, delta) if releases else 0.0
+        if releases:
+            check = cross_check([[noise / scale, 1.0, releases]], delta, tolerance=tolerance)
+    recorded = _number(cdp.get("epsilon"))
     return CentralDP(
         used=True,
         settings={
             k: v for k, v in cdp.items() if k not in ("epsilon", "delta", "accountant_state")
         },
-        epsilon=_positive(cdp.get("epsilon")),
+        epsilon=recorded,
         delta=delta,
         crosscheck=check,
+        neighbouring=relation,
+        epsilon_recomputed=recomputed,
+        records_agree=(
+            recorded is not None and recomputed is not None and agrees(recorded, recomputed)
+        ),
     )
 
 
+def central_dp_warnings(records: RunRecords, central: CentralDP) -> list[str]:
+    """The findings on client-level DP, each starting "central DP" so a reader can pick them."""
+    if not central.used:
+        return []
+    cdp = records.info["central_dp"]
+    out = []
+    if "neighbouring" not in cdp:
+        out.append(
+            f"central DP: run.json does not state the neighbouring relation; read as "
+            f"{LEGACY_RELATION} (Flower's), for which replace-one would state a larger epsilon"
+        )
+    if central.neighbouring not in NEIGHBOURING_SENSITIVITY:
+        out.append(
+            f"central DP: run.json states an unknown neighbouring relation "
+            f"{central.neighbouring!r}; the recorded epsilon cannot be recomputed"
+        )
+    elif central.epsilon_recomputed is None:
+        out.append(
+            "central DP: the recorded epsilon cannot be recomputed "
+            "(noise_multiplier, delta or rounds missing from run.json)"
+        )
+    elif not central.records_agree:
+        out.append(
+            f"central DP: run.json records client-level epsilon {fmt.num(central.epsilon)} "
+            f"({central.neighbouring}); its settings give {fmt.num(central.epsilon_recomputed)} "
+            "(dp-accounting RDP over the recorded rounds)"
+        )
+    if central.crosscheck is not None and not central.crosscheck.within_tolerance:
+        out.append(
+            "central DP: PRV and PLD differ by "
+            f"{fmt.pct(central.crosscheck.relative_difference)} on the client-level mechanism"
+        )
+    return out
+
+
 def _positive(value: Any) -> float | None:
+    number = _number(value)
+    return number if number is not None and number > 0 else None
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or ``None`` for absent and non-numeric values (booleans included)."""
+    if isinstance(value, bool):
+        return None
     try:
         number = float(value)
     except (TypeError, ValueError):
         return None
-    return number if number > 0 else None
+    return number if math.isfinite(number) else None
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value

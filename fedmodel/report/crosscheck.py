@@ -53,6 +53,21 @@ def cross_check(
     )
 
 
+def gaussian_rdp_epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
+    """Epsilon of ``releases`` Gaussian releases (no sampling) by dp-accounting's RDP accountant.
+
+    The accountant Flower's ``RdpAccountant`` wraps, called directly and fed only the recorded
+    settings: a server's central-DP figure is checked like for like (same method, so they agree
+    to float noise), without trusting the server's own accounting code or its stored state.
+    """
+    from dp_accounting import GaussianDpEvent
+    from dp_accounting.rdp import RdpAccountant
+
+    accountant = RdpAccountant()
+    accountant.compose(GaussianDpEvent(noise_multiplier), releases)
+    return float(accountant.get_epsilon(delta))
+
+
 def merge_repeats(history: Sequence[Sequence[float]]) -> list[list[float]]:
     """Consecutive entries of the same mechanism as one entry with their steps summed.
 

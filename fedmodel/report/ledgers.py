@@ -17,6 +17,7 @@ from typing import Any
 
 from fedmodel.crypto.keys import registered_verify_keys
 from fedmodel.errors import FedmodelError
+from fedmodel.nodenames import is_node_name
 from fedmodel.privacy.ledger import LEDGER_FILE, LedgerEntry, VerifyReport, verify_ledger
 from fedmodel.report.errors import ReportError
 from fedmodel.report.model import Budget
@@ -145,10 +146,14 @@ def near_ledger(ledger_path: Path) -> list[Path]:
 def load_cap(run_dir: Path, ledger: VerifiedLedger | None, node: str) -> Budget | None:
     """The node's own cap from ``node.toml`` ``[budget]``; ``None`` when it sets none.
 
-    The file found beside the ledger wins (the site's own disk), then ``RUN_DIR/nodes/<node>``.
+    The file found beside the ledger wins (the site's own disk), then ``RUN_DIR/nodes/<node>``,
+    only for a name that follows the node-name rule: ``node`` comes from a reply or a ledger,
+    and ``..`` or ``/etc`` would otherwise read a file outside the run folder as a site's cap.
     """
     if ledger is not None and ledger.node_file is not None:
         return ledger.node_file.cap
+    if not is_node_name(node):
+        return None
     node_file = find_node_file([run_dir / "nodes" / node / NODE_FILE])
     return node_file.cap if node_file else None
 

@@ -140,9 +140,12 @@ class CentralDP:
 
     used: bool
     settings: dict[str, Any]
-    epsilon: float | None  # as recorded by Flower's accountant, when run.json carries it
+    epsilon: float | None  # as the server recorded it in run.json
     delta: float | None
-    crosscheck: CrossCheck | None  # recomputed when noise, sampling rate and rounds are known
+    crosscheck: CrossCheck | None  # PRV vs PLD, when noise, delta and releases are known
+    neighbouring: str | None = None  # the relation the epsilon is stated for
+    epsilon_recomputed: float | None = None  # dp-accounting RDP from the recorded settings
+    records_agree: bool = True  # the recorded epsilon is the recomputed one
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,10 @@
 Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas directly, never through
 ``pyplot``: no global figure registry, no GUI backend, safe to call from a server or a test in
 parallel. They return bytes so the writer can place every output file atomically at the end.
+
+Site names come from ledgers and replies, so they are drawn as written: never parsed as
+mathtext (``$\\foo$`` would stop the report; ``$x^2$`` would print as x squared), and passed to
+the legend explicitly (matplotlib drops a label starting with ``_`` from an automatic legend).
 """
 
 from __future__ import annotations
@@ -25,19 +29,26 @@ def render_plots(report: Report) -> dict[str, bytes]:
 
 
 def epsilon_plot(clients: list[ClientReport]) -> bytes:
+    return _png(epsilon_figure(clients))
+
+
+def epsilon_figure(clients: list[ClientReport]) -> Figure:
     """Cumulative epsilon per site per round, its cap dashed in the same colour, refusals as x."""
     fig, ax = _figure()
     colours = _palette(len(clients))
+    handles, names = [], []
     for i, (client, colour) in enumerate(zip(clients, colours, strict=True)):
         points = sorted((p.round, p.epsilon) for p in client.epsilon_by_round)
         if points:
             xs, ys = zip(*points, strict=True)
             # earlier sites drawn wider underneath: sites that spent the same epsilon (the usual
             # case with one calibrated target) show as concentric rings, not one line
-            ax.plot(
-                xs, ys, marker="o" if len(xs) <= 30 else None, color=colour, label=client.node,
+            (line,) = ax.plot(
+                xs, ys, marker="o" if len(xs) <= 30 else None, color=colour,
                 markersize=4 + 2.5 * (len(clients) - 1 - i), linewidth=1 + (len(clients) - 1 - i),
             )  # fmt: skip
+            handles.append(line)
+            names.append(client.node)
         _mark_refusals(ax, client, points, colour)
     _draw_caps(ax, clients, colours)
     ax.set_xlabel("round")
@@ -45,9 +56,11 @@ def epsilon_plot(clients: list[ClientReport]) -> bytes:
     ax.set_title("Privacy spent per site (dashed: site cap, x: refused round)")
     ax.set_ylim(0, 1.12 * max(_highest(clients), 1e-3))
     _integer_rounds(ax)
-    if clients:
-        ax.legend(loc="best", fontsize=8, ncols=max(1, len(clients) // 6 + 1))
-    return _png(fig)
+    if handles:
+        legend = ax.legend(handles, names, loc="best", fontsize=8, ncols=len(names) // 6 + 1)
+        for text in legend.get_texts():
+            text.set_parse_math(False)
+    return fig
 
 
 def _draw_caps(ax, clients: list[ClientReport], colours: list) -> None:
@@ -69,6 +82,7 @@ def _draw_caps(ax, clients: list[ClientReport], colours: list) -> None:
             textcoords="offset points",
             color=colour,
             fontsize=7,
+            parse_math=False,  # site names, as written
         )
 
 

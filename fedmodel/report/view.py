@@ -110,10 +110,19 @@ def summary(report: Report) -> Section:
             "PRV vs PLD cross-check within "
             f"{fmt.pct(report.crosscheck_tolerance, 0)}: "
             + (f"NO — {', '.join(off)}" if off else "all sites"),
-            f"Central (client-level) DP: {'used' if report.central_dp.used else 'not used'}; "
+            f"Central (client-level) DP: {central_summary(report)}; "
             f"warnings: {len(report.warnings)}",
         ],
     )
+
+
+def central_summary(report: Report) -> str:
+    """Used or not, and if used whether its recorded epsilon survived recomputation."""
+    cdp = report.central_dp
+    if not cdp.used:
+        return "not used"
+    verdict = "agrees with" if cdp.records_agree else "does NOT agree with"
+    return f"used, ε {fmt.num(cdp.epsilon)} ({cdp.neighbouring}), which {verdict} its recomputation"
 
 
 def run_table(report: Report) -> Table:
@@ -281,12 +290,9 @@ def audit_table(report: Report) -> Table | None:
         ("Signer", fmt.short_hash(a.signer)),
         ("Key", a.key_source),
     ]
-    table = _kv("Server audit log (audit.jsonl)", pairs)
-    return Table(
-        title=table.title,
-        header=table.header,
-        rows=table.rows,
-        key_value=True,
+    return _kv(
+        "Server audit log (audit.jsonl)",
+        pairs,
         flagged=[] if a.verified else [0],
         note="Every decision the server took, hash-chained and signed with its Ed25519 key: each "
         "update accepted or rejected (with the reason), each refusal, round and checkpoint. "
@@ -335,8 +341,17 @@ def central_dp_table(report: Report) -> Table | None:
     cdp = report.central_dp
     if not cdp.used:
         return None
-    pairs: list[tuple[str, Any]] = list(cdp.settings.items())
-    pairs += [("ε (recorded by Flower)", fmt.num(cdp.epsilon)), ("δ", fmt.num(cdp.delta))]
+    relation = RELATIONS.get(str(cdp.neighbouring), "unknown: cannot be recomputed")
+    pairs: list[tuple[str, Any]] = [("Neighbouring relation", f"{cdp.neighbouring} ({relation})")]
+    pairs += [(k, v) for k, v in cdp.settings.items() if k != "neighbouring"]
+    recorded_row = len(pairs)
+    pairs += [
+        ("ε (recorded by the server)", fmt.num(cdp.epsilon, 6)),
+        ("ε recomputed (dp-accounting RDP)", fmt.num(cdp.epsilon_recomputed, 6)),
+        ("Recorded ε agrees", "yes" if cdp.records_agree else "NO"),
+        ("δ", fmt.num(cdp.delta)),
+    ]
+    flagged = [] if cdp.records_agree else [recorded_row, recorded_row + 2]
     if cdp.crosscheck:
         cc = cdp.crosscheck
         pairs += [
@@ -344,7 +359,22 @@ def central_dp_table(report: Report) -> Table | None:
             ("ε recomputed (PLD)", fmt.num(cc.epsilon_pld, 6)),
             ("PRV vs PLD difference", fmt.pct(cc.relative_difference)),
         ]
-    return _kv("Central / client-level DP (server side)", pairs)
+        flagged += [] if cc.within_tolerance else [len(pairs) - 1]
+    return _kv(
+        "Central / client-level DP (server side)",
+        pairs,
+        flagged=flagged,
+        note="The recorded ε is recomputed here from the recorded noise, δ, rounds and "
+        "relation alone: one Gaussian release per round at noise_multiplier / sensitivity "
+        "(no amplification credited), with dp-accounting's RDP accountant (Flower's method); "
+        "PRV and PLD give the tighter figure for the same mechanism.",
+    )
+
+
+RELATIONS = {
+    "replace-one": "one site's update replaced by any other; the mean moves by up to 2C/m",
+    "add-remove": "one site's update added or removed; the mean moves by up to C/m",
+}
 
 
 CENTRAL_DP_ABSENT = (
@@ -354,9 +384,13 @@ CENTRAL_DP_ABSENT = (
 )
 
 
-def _kv(title: str, pairs: list[tuple[str, Any]]) -> Table:
+def _kv(
+    title: str, pairs: list[tuple[str, Any]], *, note: str = "", flagged: list[int] | None = None
+) -> Table:
     rows = [[label, "—" if value is None else str(value)] for label, value in pairs]
-    return Table(title=title, header=["", ""], rows=rows, key_value=True)
+    return Table(
+        title=title, header=["", ""], rows=rows, key_value=True, note=note, flagged=flagged or []
+    )
 
 
 def privacy_audit_blocks(report: Report) -> list[Block]:

@@ -37,9 +37,9 @@ from fedmodel.config import ConfigError, StrictModel, load_toml
 from fedmodel.crypto.keys import load_auth_public_key, load_verify_key
 from fedmodel.crypto.pki import cert_fingerprint
 from fedmodel.errors import FedmodelError
+from fedmodel.nodenames import NODE_NAME_PATTERN, NODE_NAME_RULE
 
 DEFAULT_PORT = 9092
-NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 class TLSFiles(StrictModel):
@@ -49,7 +49,7 @@ class TLSFiles(StrictModel):
 
 
 class AllowedNode(StrictModel):
-    name: str = Field(pattern=NODE_NAME)
+    name: str = Field(pattern=NODE_NAME_PATTERN, description=NODE_NAME_RULE)
     auth_public_key: Path | None = Field(None, description="<name>.auth.pub (OpenSSH EC P-384)")
     ledger_public_key: Path | None = Field(None, description="<name>.ed25519.pub (PEM Ed25519)")
 

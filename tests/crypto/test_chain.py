@@ -25,6 +25,7 @@ from fedmodel.crypto.chain import (
     verify_chain,
 )
 from fedmodel.crypto.keys import fingerprint, generate_signing_key, save_signing_key
+from fedmodel.privacy.ledger import Ledger, verify_ledger
 
 N = 5
 
@@ -152,6 +153,58 @@ def test_reordered_entries_are_broken_link(chain):
     _write(chain, lines)
     problem = _break(chain)
     assert (problem.index, problem.kind) == (2, "broken-link")
+
+
+def _twin(tmp_path, key, name: str) -> SignedChain:
+    """A second chain signed by the same key (a site's other ledger, an older install's log)."""
+    twin = SignedChain(tmp_path / name, key)
+    for i in range(N):
+        twin.append({"i": i, "value": -1.0 * i})  # other bodies, so other hashes
+    return twin
+
+
+@pytest.mark.parametrize("seq", [2, N - 1])
+def test_same_seq_entry_spliced_from_another_chain_of_the_same_key(tmp_path, chain, key, seq):
+    # the entry is validly hashed and signed by this very key and carries the right seq: only
+    # its prev link (the hash of the other chain's entry seq-1) gives it away
+    twin = _twin(tmp_path, key, "twin.jsonl")
+    lines = _lines(chain)
+    lines[seq] = _lines(twin)[seq]
+    _write(chain, lines)
+    problem = _break(chain)
+    assert (problem.index, problem.kind) == (seq, "broken-link")
+    assert "spliced" in problem.detail and "same key" in problem.detail
+
+
+def test_first_entry_spliced_from_another_chain_is_named_at_the_next_link(tmp_path, chain, key):
+    # entry 0 of any chain links to the zero hash, so a foreign entry 0 passes on its own; the
+    # break shows at entry 1, whose prev is the hash of the genuine entry 0
+    twin = _twin(tmp_path, key, "twin.jsonl")
+    lines = _lines(chain)
+    lines[0] = _lines(twin)[0]
+    _write(chain, lines)
+    problem = _break(chain)
+    assert (problem.index, problem.kind) == (1, "broken-link")
+    assert "spliced" in problem.detail and "entry 0" in problem.detail
+
+
+def test_ledger_entry_spliced_from_another_ledger_of_the_same_key(tmp_path):
+    """The same attack on a privacy ledger: a site swaps in an entry (same node, same seq,
+    signed by its own key) from a second ledger that spent less; verification names it."""
+    signing = generate_signing_key()
+    ledgers = {}
+    for name, noise in (("real", 1.0), ("cheap", 4.0)):
+        ledger = Ledger(tmp_path / name, signing, node="node-0")
+        for rnd in (1, 2, 3):
+            ledger.append_round("run-1", rnd, noise, 0.02, 10, 1.0, 1e-5, 500)
+        ledgers[name] = ledger.path
+    real = ledgers["real"].read_text().splitlines(keepends=True)
+    real[1] = ledgers["cheap"].read_text().splitlines(keepends=True)[1]
+    ledgers["real"].write_text("".join(real))
+    report = verify_ledger(tmp_path / "real", signing.public_key())
+    assert not report.ok
+    assert (report.first_break.index, report.first_break.kind) == (1, "broken-link")
+    assert "spliced" in report.first_break.describe()
 
 
 def test_wrong_key_is_bad_signature_at_the_first_entry(chain):

@@ -13,6 +13,14 @@ from fedmodel.cli.report_cmd import report
 from fedmodel.report.build import ReportFiles, build_report
 from tests.report.runfolder import build_run_dir
 
+REPORT_FILES = (
+    "report.html",
+    "report.pdf",
+    "report.json",
+    "plots/epsilon.png",
+    "plots/accuracy.png",
+)
+
 
 def cli() -> typer.Typer:
     """``report`` alone, as the lead's app registers it, without importing every command."""

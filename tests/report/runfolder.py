@@ -42,33 +42,37 @@ SITES = (Site("node-0", 1200, 3.0), Site("node-1", 800, None), Site("node-2", 50
 ACCURACY = (0.712, 0.781, 0.806)
 
 
-def build_run_dir(root: Path) -> Path:
-    """Write RUN_DIR (run.json, metrics.jsonl, nodes/node-k/{node.toml,keys,ledger}) under root."""
+def build_run_dir(root: Path, sites: tuple[Site, ...] = SITES) -> Path:
+    """Write RUN_DIR (run.json, metrics.jsonl, nodes/node-k/{node.toml,keys,ledger}) under root.
+
+    ``sites`` may carry names a hostile or broken site would send: the folders stay
+    ``node-<k>`` (the operator's), the names go into ledgers and metrics (the site's word).
+    """
     run_dir = root / "run"
     ledgers = {
-        site.node: _make_node(run_dir / "nodes" / site.node, pid, site)
-        for pid, site in enumerate(SITES)
+        site.node: _make_node(run_dir / "nodes" / f"node-{pid}", pid, site, len(sites))
+        for pid, site in enumerate(sites)
     }
-    rows = [_round(rnd, ledgers) for rnd in range(1, ROUNDS + 1)]
+    rows = [_round(rnd, ledgers, sites) for rnd in range(1, ROUNDS + 1)]
     atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_json(run_dir / "run.json", _run_info())
     return run_dir
 
 
-def _make_node(folder: Path, pid: int, site: Site) -> Ledger:
-    lines = [f'name = "{site.node}"', 'ledger_dir = "ledger"']
+def _make_node(folder: Path, pid: int, site: Site, parts: int) -> Ledger:
+    lines = [f"name = {json.dumps(site.node)}", 'ledger_dir = "ledger"']
     lines.append('signing_key = "keys/signing.ed25519"')
     if site.cap is not None:
         lines += ["[budget]", f"epsilon = {site.cap}", f"delta = {DELTA}"]
-    lines += ["[data]", f"partition_id = {pid}", f"num_partitions = {len(SITES)}"]
+    lines += ["[data]", f"partition_id = {pid}", f"num_partitions = {parts}"]
     atomic_write_text(folder / "node.toml", "\n".join(lines) + "\n")
     key = generate_signing_key()
     save_signing_key(key, folder / "keys" / "signing.ed25519")
     return Ledger(folder / "ledger", key, node=site.node)
 
 
-def _round(rnd: int, ledgers: dict[str, Ledger]) -> dict:
-    clients = [_client(rnd, pid, site, ledgers[site.node]) for pid, site in enumerate(SITES)]
+def _round(rnd: int, ledgers: dict[str, Ledger], sites: tuple[Site, ...]) -> dict:
+    clients = [_client(rnd, pid, site, ledgers[site.node]) for pid, site in enumerate(sites)]
     acc = ACCURACY[rnd - 1]
     server = {
         "loss": round(1.2 - acc, 4),

@@ -11,7 +11,7 @@ import pytest
 
 from fedmodel.privacy.accountant import epsilon_from_history, pld_epsilon
 from fedmodel.privacy.ledger import verify_ledger
-from tests.report.conftest import invoke
+from tests.report.conftest import REPORT_FILES, invoke
 from tests.report.runfolder import DELTA, NOISE, RUN_ID, SITES
 
 
@@ -21,13 +21,7 @@ def ledger_history(run_dir: Path, node: str) -> list[tuple[float, float, int]]:
 
 
 def test_all_files_written(out_dir: Path) -> None:
-    for name in (
-        "report.html",
-        "report.pdf",
-        "report.json",
-        "plots/epsilon.png",
-        "plots/accuracy.png",
-    ):
+    for name in REPORT_FILES:
         assert (out_dir / name).stat().st_size > 0, name
     assert not list(out_dir.rglob("*.tmp")), "atomic writes leave no temp files"
 
