@@ -22,6 +22,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from fedmodel.config import ConfigError, ModelName, PrivacyBudget, StrictModel, load_toml
+from fedmodel.net import host_of, is_loopback
 from fedmodel.nodenames import NODE_NAME_PATTERN, NODE_NAME_RULE
 from fedmodel.privacy.highwater import MARK_FILE
 
@@ -102,6 +103,8 @@ class NodeDeployment(StrictModel):
     def _transport(self) -> NodeDeployment:
         if self.insecure and (self.root_certificates or self.auth_key):
             raise ValueError("insecure = true cannot use root_certificates or auth_key")
+        if self.insecure and not is_loopback(host_of(self.superlink)):
+            raise ValueError(f"insecure = true is for loopback only, not {self.superlink}")
         if not self.insecure and (self.root_certificates is None or self.auth_key is None):
             raise ValueError("give root_certificates and auth_key (or insecure = true)")
         return self

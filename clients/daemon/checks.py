@@ -43,6 +43,16 @@ def load_deployed_node(path: str | Path) -> tuple[NodeConfig, NodeDeployment, Pa
     return node, dep, source
 
 
+def check_budget(node: NodeConfig, source: Path) -> None:
+    """A node that requires DP (the default policy) must also cap it: DP-SGD without a
+    ``[budget]`` bounds each round but not what the site leaks over every run."""
+    if node.policy.require_dp and node.budget is None:
+        raise ConfigError(
+            f"{source}: policy.require_dp is on but there is no [budget] (epsilon, delta): "
+            "add this site's privacy cap before it joins a federation"
+        )
+
+
 def check_port_free(dep: NodeDeployment, source: Path) -> None:
     if port_in_use("127.0.0.1", dep.runtime_port):
         raise ConfigError(

@@ -1,15 +1,17 @@
-"""``fedmodel node start``: a site's SuperNode and its warm launcher, supervised in the foreground.
+"""``fedmodel node start``: a site's SuperNode and its ClientApp launcher, in the foreground.
 
 Process tree (all stopped by PID; children die with the supervisor)::
 
     fedmodel node start            supervisor: log file, pid file, signals, exit status
       python -m clients.daemon.supernode_main   Flower's flower-supernode (--isolation process)
-      python -m clients.daemon.launcher         warm ClientApp launcher, one fork per task
+      python -m clients.daemon.launcher         ClientApp launcher: code gate, one fork per task
 
-The supervisor exits when either child does, so systemd's ``Restart=on-failure`` brings the
-whole node back; a node the SuperLink keeps refusing for longer than a crashed instance can
-hold its place (unregistered key) exits with status 3, which the unit file excludes from
-restarts, because retrying cannot fix it.
+The SuperNode never starts a ClientApp itself (``--isolation process``): every task goes
+through the launcher, which runs only this site's installed fedmodel ClientApp
+(``clients/daemon/code_gate.py``), warm or not. The supervisor exits when either child does,
+so systemd's ``Restart=on-failure`` brings the whole node back; a node the SuperLink keeps
+refusing for longer than a crashed instance can hold its place (unregistered key) exits with
+status 3, which the unit file excludes from restarts, because retrying cannot fix it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
-from clients.daemon.checks import check_port_free, load_deployed_node
+from clients.daemon.checks import check_budget, check_port_free, load_deployed_node
 from clients.node_config import NodeConfig, NodeDeployment
 from fedmodel.errors import FedmodelError
 from server.deploy.flower import flower_bin, flower_env
@@ -59,6 +61,7 @@ class NodeRefused(FedmodelError):
 def run_node(config: str | Path, say: Callable[[str], None]) -> None:
     """Start, supervise until SIGTERM/SIGINT or a child exits, stop everything."""
     node, dep, source = load_deployed_node(config)
+    check_budget(node, source)
     check_port_free(dep, source)
     _refuse_second_instance(dep)
     state = _prepare_state(dep)
@@ -79,8 +82,7 @@ def run_node(config: str | Path, say: Callable[[str], None]) -> None:
     children: list[Child] = []
     try:
         children.append(supernode())
-        if dep.warm_launcher:
-            children.append(Child("launcher", launcher_argv(dep, state), env=env, log=log))
+        children.append(Child("launcher", launcher_argv(dep, state), env=env, log=log))
         write_pid_file(state / PID_FILE, _pid_info(node, dep, children))
         tell(f"node {node.name} started: SuperLink {dep.superlink}, log {dep.log_file}")
         _supervise(children, stop, supernode, tell, dep.activation_grace,
@@ -126,8 +128,7 @@ def supernode_argv(node: NodeConfig, dep: NodeDeployment, source: Path, state: P
         args += ["--root-certificates", str(dep.root_certificates)]
         args += ["--auth-supernode-private-key", str(dep.auth_key)]
     args += ["--node-config", f'config="{source}"']
-    if dep.warm_launcher:
-        args += ["--isolation", "process", "--superexec-auth-secret-file", str(state / SECRET_FILE)]
+    args += ["--isolation", "process", "--superexec-auth-secret-file", str(state / SECRET_FILE)]
     if dep.poll_interval >= FLOWER_POLL:
         return [flower_bin("flower-supernode"), *args]
     return [sys.executable, "-m", "clients.daemon.supernode_main", str(dep.poll_interval), *args]
@@ -139,6 +140,7 @@ def launcher_argv(dep: NodeDeployment, state: Path) -> list[str]:
         "--runtime-api-address", f"127.0.0.1:{dep.runtime_port}",
         "--secret-file", str(state / SECRET_FILE),
         "--poll", str(LAUNCHER_POLL),
+        *([] if dep.warm_launcher else ["--cold"]),
     ]  # fmt: skip
 
 

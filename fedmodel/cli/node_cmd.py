@@ -29,7 +29,7 @@ def node() -> None:
 @app.command()
 @cli_errors
 def start(config: ConfigOpt) -> None:
-    """Run the SuperNode (and its warm ClientApp launcher) in the foreground."""
+    """Run the SuperNode and its ClientApp launcher (installed code only) in the foreground."""
     from clients.daemon.service import run_node
 
     run_node(config, typer.echo)

@@ -2,9 +2,10 @@
 
 Example (paths are relative to the file's folder)::
 
-    host = "0.0.0.0"                  # the one HTTPS port for Fleet, Control and Runtime APIs
+    host = "0.0.0.0"                  # the public HTTPS port: the Fleet API (SuperNodes) only
     port = 9092
-    address = "fl.example.org:9092"   # what `flwr` dials (default 127.0.0.1:<port>)
+    control_port = 9093               # Control + Runtime APIs, on 127.0.0.1 only (flwr, ServerApps)
+    address = "fl.example.org:9092"   # the public address sites dial (shown at start)
     state_dir = "state"               # state.db, Flower home, server keys, pid file
     log_file = "logs/superlink.log"
 
@@ -24,7 +25,8 @@ Example (paths are relative to the file's folder)::
 
 Loading checks every file it names (exists, parses, right key type) so a typo is one line at
 ``fedmodel server start``, not a SuperLink that starts and then refuses every node. ``insecure =
-true`` (no TLS, hence no node authentication) exists for benchmarks on loopback only.
+true`` (no TLS, hence no node authentication) exists for benchmarks on one host: it is refused
+unless ``host`` (and ``address``, if given) is loopback.
 """
 
 from __future__ import annotations
@@ -37,9 +39,12 @@ from fedmodel.config import ConfigError, StrictModel, load_toml
 from fedmodel.crypto.keys import load_auth_public_key, load_verify_key
 from fedmodel.crypto.pki import cert_fingerprint
 from fedmodel.errors import FedmodelError
+from fedmodel.net import host_of, is_loopback
 from fedmodel.nodenames import NODE_NAME_PATTERN, NODE_NAME_RULE
 
 DEFAULT_PORT = 9092
+DEFAULT_CONTROL_PORT = 9093  # Flower's former Control API port
+CONTROL_HOST = "127.0.0.1"
 
 
 class TLSFiles(StrictModel):
@@ -61,8 +66,11 @@ class RunDefaults(StrictModel):
 
 class ServerConfig(StrictModel):
     host: str = "127.0.0.1"
-    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
-    address: str | None = Field(None, description="host:port that flwr dials")
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="public: the Fleet API only")
+    control_port: int = Field(
+        DEFAULT_CONTROL_PORT, ge=1, le=65535, description="Control + Runtime APIs, 127.0.0.1 only"
+    )
+    address: str | None = Field(None, description="public host:port the sites dial")
     state_dir: Path = Path("state")
     log_file: Path = Path("logs/superlink.log")
     log_max_bytes: int = Field(10 * 2**20, ge=4096)
@@ -76,6 +84,13 @@ class ServerConfig(StrictModel):
     def _transport(self) -> ServerConfig:
         if self.insecure == (self.tls is not None):
             raise ValueError("give a [tls] table, or insecure = true (loopback benchmarks only)")
+        if self.insecure and not _on_loopback(self.host, self.address):
+            raise ValueError(
+                f"insecure = true is for loopback only (host {self.host!r}, address "
+                f"{self.address!r}); give a [tls] table"
+            )
+        if self.control_port == self.port:
+            raise ValueError(f"control_port must differ from port ({self.port})")
         names = [n.name for n in self.nodes]
         if len(names) != len(set(names)):
             raise ValueError(f"node names must be unique, got {names}")
@@ -88,11 +103,17 @@ class ServerConfig(StrictModel):
         return not self.insecure
 
     @property
-    def dial_address(self) -> str:
+    def public_address(self) -> str:
+        """Where the sites reach the Fleet API: ``address``, else the listen address."""
         if self.address:
             return self.address
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"{host}:{self.port}"
+
+    @property
+    def control_address(self) -> str:
+        """What every coordinator command dials (``flwr``, registration, run submission)."""
+        return f"{CONTROL_HOST}:{self.control_port}"
 
     @property
     def flwr_home(self) -> Path:
@@ -176,6 +197,10 @@ def _check_files(cfg: ServerConfig, source: Path) -> None:
 def _require_file(path: Path, field: str, source: Path) -> None:
     if not path.is_file():
         raise ConfigError(f"{source}: {field}: no such file {path}")
+
+
+def _on_loopback(host: str, address: str | None) -> bool:
+    return is_loopback(host) and (address is None or is_loopback(host_of(address)))
 
 
 def _under(base: Path, p: Path) -> Path:

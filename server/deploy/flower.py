@@ -40,8 +40,12 @@ def flower_env(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str
     return env
 
 
-def write_connection(flwr_home: Path, address: str, ca: Path | None) -> None:
-    """The ``fedmodel`` connection in ``$FLWR_HOME/config.toml`` that ``flwr`` commands use."""
+def write_connection(flwr_home: Path, address: str, ca: Path | None = None) -> None:
+    """The ``fedmodel`` connection in ``$FLWR_HOME/config.toml`` that ``flwr`` commands use.
+
+    The coordinator's own connection is its loopback control port (plain HTTP, never leaves
+    the host: no ``ca``); ``ca`` is for a connection over TLS.
+    """
     flwr_home.mkdir(parents=True, exist_ok=True)
     security = f'root-certificates = "{ca}"' if ca is not None else "insecure = true"
     atomic_write_text(

@@ -95,6 +95,7 @@ def _write_server_toml(fed: Federation) -> None:
     cfg: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": fed.port,
+        "control_port": free_port(),
         "run": {"out_dir": "runs", "round_timeout": fed.round_timeout},
     }
     if fed.insecure:

@@ -54,7 +54,7 @@ def submit_run(
     run_dir = _new_run_dir(cfg, request, scenario)
     atomic_write_text(run_dir / "scenario.toml", scenario_to_toml(scenario))
     run_config = _run_config_file(cfg, scenario, run_dir)
-    write_connection(cfg.flwr_home, cfg.dial_address, cfg.tls.ca if cfg.tls else None)
+    write_connection(cfg.flwr_home, cfg.control_address)
     log_path = cfg.log_file.parent / f"run-{run_dir.name}.flwr.log"
     argv = [flower_bin("flwr"), "run", str(app_root()), CONNECTION, "--stream",
             "--run-config", str(run_config)]  # fmt: skip

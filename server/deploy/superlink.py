@@ -1,23 +1,26 @@
 """``fedmodel server start``: the coordinator's SuperLink, supervised in the foreground.
 
-Starts ``flower-superlink`` with TLS, SuperNode authentication and a persistent database (so
-registrations and run history survive restarts), runtime dependency installation off; waits for
-its port; registers the auth key of every node in server.toml (idempotent: a key registered on
-a previous start is reported as such); makes the ServerApp's sealing keys once (their
-fingerprints are what sites pin, docs/operator-guide.md section 7); then waits until
-SIGTERM/SIGINT or until the SuperLink exits, and stops it by PID. Its output, and that of the
-ServerApps it launches, goes to a size-rotated log file.
+Starts Flower's SuperLink (through ``superlink_main``: the Fleet API alone on the public port,
+the Control and Runtime APIs on 127.0.0.1:<control_port>) with TLS, SuperNode authentication
+and a persistent database (so registrations and run history survive restarts), runtime
+dependency installation off; waits for both ports; registers the auth key of every node in
+server.toml over the loopback control port (idempotent: a key registered on a previous start
+is reported as such); makes the ServerApp's sealing keys once (their fingerprints are what
+sites pin, docs/operator-guide.md section 7); then waits until SIGTERM/SIGINT or until the
+SuperLink exits, and stops it by PID. Its output, and that of the ServerApps it launches, goes
+to a size-rotated log file.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from server.deploy.config import ServerConfig
-from server.deploy.flower import flower_bin, flower_env, register_supernode, write_connection
+from server.deploy.config import CONTROL_HOST, ServerConfig
+from server.deploy.flower import flower_env, register_supernode, write_connection
 from server.deploy.processes import (
     Child,
     ServiceError,
@@ -40,7 +43,9 @@ SUPEREXEC_POLL = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.5"}
 
 
 def superlink_argv(cfg: ServerConfig) -> list[str]:
-    argv = [flower_bin("flower-superlink"), "--host", cfg.host, "--port", str(cfg.port)]
+    """Flower's SuperLink flags, run by ``superlink_main`` (public Fleet, loopback control)."""
+    argv = [sys.executable, "-m", "server.deploy.superlink_main"]
+    argv += ["--control-port", str(cfg.control_port), "--host", cfg.host, "--port", str(cfg.port)]
     argv += ["--database", str(cfg.database), "--disable-runtime-dependency-installation"]
     if cfg.tls is None:
         return [*argv, "--insecure"]
@@ -67,7 +72,7 @@ def run_superlink(cfg: ServerConfig, say: Callable[[str], None]) -> None:
     try:
         children.append(Child("superlink", superlink_argv(cfg), env=env, log=log))
         _wait_ready(cfg, children[0])
-        write_connection(cfg.flwr_home, cfg.dial_address, cfg.tls.ca if cfg.tls else None)
+        write_connection(cfg.flwr_home, cfg.control_address)
         for line in register_nodes(cfg, env):
             tell(line)
         keys = ensure_server_keys(cfg.server_keys_dir)
@@ -76,13 +81,15 @@ def run_superlink(cfg: ServerConfig, say: Callable[[str], None]) -> None:
         started = datetime.now(UTC).isoformat(timespec="seconds")
         write_pid_file(
             cfg.pid_file,
-            {"superlink": children[0].pid, "address": cfg.dial_address, "started": started},
-        )
-        tell(f"SuperLink ready on {cfg.dial_address} (log {cfg.log_file})")
+            {"superlink": children[0].pid, "address": cfg.public_address,
+             "control": cfg.control_address, "started": started},
+        )  # fmt: skip
+        tell(f"SuperLink ready on {cfg.public_address} (Fleet API only; control on "
+             f"{cfg.control_address}, this host only) (log {cfg.log_file})")  # fmt: skip
         exited = supervise(children, stop)
         if exited is not None:
             why = flower_exit(exited) or f"exit status {exited.proc.returncode}"
-            raise ServiceError(f"flower-superlink stopped ({why}); see {cfg.log_file}")
+            raise ServiceError(f"the SuperLink stopped ({why}); see {cfg.log_file}")
         tell("stopping")
     finally:
         stop_all(children)
@@ -102,10 +109,11 @@ def register_nodes(cfg: ServerConfig, env: dict[str, str]) -> list[str]:
 
 def _wait_ready(cfg: ServerConfig, child: Child) -> None:
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
-    if not wait_for_port(host, cfg.port, timeout=READY_TIMEOUT, alive=child.alive):
-        child.stop()
-        why = flower_exit(child) or (child.tail[-1] if child.tail else "no output")
-        raise ServiceError(f"flower-superlink did not start: {why}; see {cfg.log_file}")
+    for where, port in ((CONTROL_HOST, cfg.control_port), (host, cfg.port)):
+        if not wait_for_port(where, port, timeout=READY_TIMEOUT, alive=child.alive):
+            child.stop()
+            why = flower_exit(child) or (child.tail[-1] if child.tail else "no output")
+            raise ServiceError(f"the SuperLink did not start: {why}; see {cfg.log_file}")
 
 
 def _refuse_second_instance(cfg: ServerConfig) -> None:
@@ -114,5 +122,6 @@ def _refuse_second_instance(cfg: ServerConfig) -> None:
         raise ServiceError(
             f"{cfg.state_dir}: the SuperLink is already running (pid {running['pid']})"
         )
-    if port_in_use(cfg.host if cfg.host else "127.0.0.1", cfg.port):
-        raise ServiceError(f"{cfg.host}:{cfg.port} is already in use")
+    for host, port in ((cfg.host or "127.0.0.1", cfg.port), (CONTROL_HOST, cfg.control_port)):
+        if port_in_use(host, port):
+            raise ServiceError(f"{host}:{port} is already in use")

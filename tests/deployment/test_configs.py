@@ -6,6 +6,7 @@ so a wrong flag is caught here in milliseconds rather than in a loopback deploym
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,12 @@ from flwr.app import Context, RecordDict
 from typer.testing import CliRunner
 
 from clients.daemon.checks import load_deployed_node
-from clients.daemon.service import supernode_argv
+from clients.daemon.service import launcher_argv, supernode_argv
 from fedmodel.cli.node_cmd import app as node_app
 from fedmodel.cli.server_cmd import app as server_app
+from fedmodel.config import ConfigError
 from server.deploy.config import load_server_config
-from server.deploy.loopback import loopback
+from server.deploy.loopback import kill_group, loopback, start
 from server.deploy.superlink import superlink_argv
 from server.server_app import settings_from_run_config
 
@@ -117,6 +119,10 @@ def test_superlink_command_line(fed):
         assert flag in flags, flags
     assert "--insecure" not in flags
     assert argv[argv.index("--database") + 1].endswith("state/state.db")
+    cfg = load_server_config(fed.server_toml)
+    assert argv[1:3] == ["-m", "server.deploy.superlink_main"]  # public Fleet, loopback control
+    assert argv[argv.index("--control-port") + 1] == str(cfg.control_port) != str(cfg.port)
+    assert cfg.control_address == f"127.0.0.1:{cfg.control_port}"
 
 
 def test_supernode_command_line(fed):
@@ -128,6 +134,16 @@ def test_supernode_command_line(fed):
     assert argv[argv.index("--root-certificates") + 1].endswith("pki/ca.crt")
     assert argv[argv.index("--isolation") + 1] == "process"
     assert "--insecure" not in argv
+
+
+def test_no_node_setting_bypasses_the_launcher(fed):
+    """Every task goes through the launcher's code gate; warm_launcher only picks the imports."""
+    node, dep, source = load_deployed_node(fed.node_toml("node-0"))
+    for warm in (True, False):
+        variant = dep.model_copy(update={"warm_launcher": warm})
+        argv = supernode_argv(node, variant, source, dep.state_dir)
+        assert argv[argv.index("--isolation") + 1] == "process"  # never Flower's own ClientApps
+        assert ("--cold" in launcher_argv(variant, dep.state_dir)) is not warm
 
 
 def test_server_app_settings_for_deployment(tmp_path):
@@ -147,3 +163,73 @@ def test_server_app_settings_for_deployment(tmp_path):
     assert settings.sim_nodes_dir is None and not run_dir.exists()  # no virtual nodes
     assert settings.round_timeout == 45.0
     assert settings.transport == {"tls": True, "node_auth": True}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'host = "0.0.0.0"\nport = 19400\ninsecure = true\n',
+        'host = "127.0.0.1"\naddress = "fl.example.org:19400"\nport = 19400\ninsecure = true\n',
+    ],
+    ids=["public-host", "public-address"],
+)
+def test_insecure_coordinator_off_loopback_is_refused(tmp_path, text):
+    server_toml = tmp_path / "server.toml"
+    server_toml.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_server_config(server_toml)
+    line = str(err.value)
+    assert "\n" not in line and "insecure" in line and "loopback" in line, line
+
+
+def test_control_port_must_differ_from_the_public_port(tmp_path):
+    server_toml = tmp_path / "server.toml"
+    server_toml.write_text("port = 19400\ncontrol_port = 19400\ninsecure = true\n")
+    with pytest.raises(ConfigError, match="control_port must differ"):
+        load_server_config(server_toml)
+
+
+def test_insecure_coordinator_on_loopback_is_allowed(tmp_path):
+    server_toml = tmp_path / "server.toml"
+    server_toml.write_text('host = "127.0.0.1"\nport = 19400\ninsecure = true\n')
+    assert load_server_config(server_toml).insecure
+
+
+def test_insecure_node_off_loopback_is_refused(fed, tmp_path):
+    node_toml = fed.node_toml("node-0")
+    text = node_toml.read_text()
+    head = text.split("[deployment]")[0]
+    bad = node_toml.parent / f"insecure-{tmp_path.name}.toml"
+    bad.write_text(head + '[deployment]\nsuperlink = "fl.example.org:19400"\ninsecure = true\n')
+    try:
+        with pytest.raises(ConfigError) as err:
+            load_deployed_node(bad)
+        line = str(err.value)
+        assert "\n" not in line and "insecure" in line and "loopback" in line, line
+        bad.write_text(head + '[deployment]\nsuperlink = "127.0.0.1:19400"\ninsecure = true\n')
+        assert load_deployed_node(bad)[1].insecure  # benchmarks on one host still work
+    finally:
+        bad.unlink()
+
+
+def test_node_that_requires_dp_without_a_budget_does_not_start(fed, tmp_path):
+    """The default policy (require_dp) with no [budget]: DP without a cap is no protection."""
+    node_toml = fed.node_toml("node-0")
+    text = node_toml.read_text()
+    assert "[budget]" in text and "[policy]" in text
+    start_at = text.index("[budget]")
+    end_at = text.index("[", start_at + 1)
+    bad = node_toml.parent / f"no-budget-{tmp_path.name}.toml"
+    bad.write_text(text[:start_at] + text[end_at:])
+    out = tmp_path / "start.out"
+    proc = start(["node", "start", "--config", str(bad)], out)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        kill_group(proc)
+        bad.unlink()
+    lines = out.read_text().strip().splitlines()
+    assert code == 2, out.read_text()
+    assert len(lines) == 1 and "budget" in lines[0] and "require_dp" in lines[0], lines

@@ -32,13 +32,13 @@ from typer.testing import CliRunner
 from clients.daemon.status import node_status
 from fedmodel.cli.node_cmd import app as node_app
 from fedmodel.cli.server_cmd import app as server_app
-from fedmodel.config import ScenarioConfig
-from fedmodel.scenarios import apply_overrides, scenario_to_toml
+from fedmodel.scenarios import scenario_to_toml
 from server.deploy.config import load_server_config
 from server.deploy.loopback import kill_group, loopback, start, wait_for_count
 from server.deploy.submit import RunRequest, submit_run
 from server.records import read_metrics
 from server.sealing import load_server_keys
+from tests.deployment.bundles import small_scenario
 from tests.sealing.relay_scan import assert_relay_never_saw_plaintext
 
 ROUND_TIMEOUT = 30.0  # a legit round takes 2-15 s here, depending on how loaded the host is
@@ -46,24 +46,6 @@ START_TIMEOUT = 240.0
 RUN_TIMEOUT = 420.0
 READY = "warm launcher ready"
 CONNECTED = "SuperNode ID:"
-
-
-def small_scenario(dp: bool, sealed: bool = False) -> ScenarioConfig:
-    """Seconds-long: scikit-learn's breast-cancer table, a 16-unit MLP, fixed noise."""
-    overrides = {
-        "name": "deploy-dp" if dp else "deploy-nodp",
-        "security.sealed_updates": sealed,
-        "data.dataset": "breast-cancer",
-        "model.name": "mlp",
-        "model.hidden_sizes": [16],
-        "optimizer.lr": 0.05,
-        "dp.enabled": dp,
-        "dp.noise_multiplier": 1.0,
-        "train.batch_size": 32,
-        "strategy.min_train_nodes": 2,
-        "federation.num_clients": 2,
-    }
-    return apply_overrides(ScenarioConfig(), overrides, "test")
 
 
 class Deployment:
