@@ -38,8 +38,21 @@ def test_resume_continues_at_round_two_with_saved_weights(tmp_path):
     assert (run_dir / "checkpoints" / "round-0002.safetensors").is_file()
 
 
+# The robust rules also run in tests/robust (one simulation, five federations), so make test
+# keeps their separate runs for make test-all.
+ROBUST_ELSEWHERE = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
-    "strategy", ["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"]
+    "strategy",
+    [
+        "fedavg",
+        "fedprox",
+        "fedadam",
+        pytest.param("fedmedian", marks=ROBUST_ELSEWHERE),
+        pytest.param("fedtrimmedavg", marks=ROBUST_ELSEWHERE),
+        pytest.param("krum", marks=ROBUST_ELSEWHERE),
+    ],
 )
 def test_each_strategy_completes_a_round(tmp_path, strategy):
     clients = 3 if strategy == "krum" else 2
