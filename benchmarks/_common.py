@@ -23,8 +23,8 @@ RUNS_ROOT = Path(tempfile.gettempdir()) / "fedmodel-bench-runs"
 
 
 def quiet_env() -> None:
-    """Same switches as ``server.simulate.quiet_flower_env``; set before anything imports flwr."""
-    from server.simulate import quiet_flower_env
+    """``fedmodel.simulation.quiet_flower_env``'s switches; set before anything imports flwr."""
+    from fedmodel.simulation import quiet_flower_env
 
     quiet_flower_env()
 

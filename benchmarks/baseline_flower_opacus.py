@@ -261,7 +261,7 @@ if __name__ == "__main__":
     # Smoke test. Ray workers unpickle the apps by module name, never as ``__main__``.
     import baseline_flower_opacus as this
 
-    from server.simulate import quiet_flower_env
+    from fedmodel.simulation import quiet_flower_env
 
     quiet_flower_env()
     run = this.run_baseline(this.BaselineSettings(rounds=2, train_limit=3000))

@@ -49,8 +49,8 @@ import torch  # noqa: E402
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
 
 from clients.client_app import app as client_app  # noqa: E402
-from clients.sealing import write_pin  # noqa: E402
 from fedmodel.config import ScenarioConfig  # noqa: E402
+from fedmodel.crypto.pin import write_pin  # noqa: E402
 from fedmodel.data import load_dataset  # noqa: E402
 from fedmodel.io import atomic_write_json  # noqa: E402
 from fedmodel.models import build_model  # noqa: E402

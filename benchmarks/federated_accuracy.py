@@ -1,6 +1,6 @@
 """Federated accuracy under DP-SGD: fedmodel scenarios run end to end on Flower's simulation.
 
-Every number comes from a real ``server.simulate.simulate`` run (Ray actors, the real ClientApp,
+Every number comes from a real ``fedmodel.simulation.simulate`` run (Ray actors, the real ClientApp,
 per-node ledgers), read back from the run's ``metrics.jsonl``: accuracy is the server's
 evaluation of the aggregated model after the last round, epsilon is the largest cumulative
 epsilon any client reported (PRV accountant, the steps actually run).
@@ -113,13 +113,13 @@ def run(cfg: Any, label: str, *, sites_allow_no_dp: bool = False) -> dict[str, A
     non-DP round, so the non-DP baseline writes the nodes first with ``require_dp = false``
     (the site owner's opt-in), exactly as an operator would edit ``node.toml``.
     """
+    from fedmodel.simulation import simulate
     from server.federation import ServerSettings
-    from server.simulate import simulate
 
     run_dir = fresh_run_dir(label)
     nodes = None
     if sites_allow_no_dp:
-        from clients.sim_nodes import prepare_sim_nodes
+        from fedmodel.sim_nodes import prepare_sim_nodes
 
         nodes = run_dir / "nodes"
         for folder in prepare_sim_nodes(nodes, cfg):

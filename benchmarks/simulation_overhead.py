@@ -111,7 +111,7 @@ def measure_fedmodel(args: argparse.Namespace) -> dict[str, Any]:
     import simulation_overhead as this
     from flwr.simulation import run_simulation
 
-    from clients.sim_nodes import prepare_sim_nodes
+    from fedmodel.sim_nodes import prepare_sim_nodes
     from server.federation import ServerSettings
     from server.server_app import build_server_app
 
@@ -194,8 +194,8 @@ def _ratio(
 def measure_1000(args: argparse.Namespace) -> dict[str, Any]:
     """Memory of a 1,000-node simulation; the real ``simulate`` path, nothing wrapped."""
     from fedmodel.scenarios import apply_overrides, load_scenario
+    from fedmodel.simulation import simulate
     from server.federation import ServerSettings
-    from server.simulate import simulate
 
     n = args.big_clients
     cfg = apply_overrides(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from flwr.app import Context, RecordDict
 
-from clients.local_data import client_test_set
 from clients.train_round import (
     NodeSession,
     RoundRequest,
@@ -25,6 +24,7 @@ from clients.train_round import (
     refused_from,
     verify_request,
 )
+from fedmodel.data.local import client_test_set
 from fedmodel.models import build_model
 from fedmodel.privacy.release import history_entry, release, site_stats
 from fedmodel.privacy.spend import Denied, SpendPlan, reserve

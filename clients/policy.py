@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from clients.node_config import SitePolicy
 from fedmodel.config import DPConfig, ScenarioConfig
+from fedmodel.node_config import SitePolicy
 
 
 def policy_violation(policy: SitePolicy, scenario: ScenarioConfig) -> str | None:

@@ -20,7 +20,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common import NDArrays, Scalar
 
-from clients.sealing import ServerChannel, load_pin
+from clients.sealing import ServerChannel
 from clients.train_round import (
     Refused,
     RoundRequest,
@@ -30,6 +30,7 @@ from clients.train_round import (
     train_round,
 )
 from fedmodel.config import ConfigError
+from fedmodel.crypto.pin import load_pin
 from fedmodel.crypto.seal import SealError
 from fedmodel.privacy.spend import commit
 from server import wire

@@ -30,16 +30,17 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context, RecordDict
 
-from clients.local_data import client_train_set
-from clients.node_config import NODE_FILE, NodeConfig, load_node_config
 from clients.policy import delta_violation, policy_violation
-from clients.sealing import ServerChannel, load_pin
+from clients.sealing import ServerChannel
 from fedmodel.config import ConfigError, DPConfig, ScenarioConfig
 from fedmodel.crypto.keys import load_signing_key
+from fedmodel.crypto.pin import load_pin
 from fedmodel.crypto.seal import SealError, SignedRequest, peek_request
 from fedmodel.data.errors import DataError
+from fedmodel.data.local import client_train_set
 from fedmodel.errors import FedmodelError
 from fedmodel.models import build_model
+from fedmodel.node_config import NODE_FILE, NodeConfig, load_node_config
 from fedmodel.privacy.accountant import calibrate_noise, sampling_plan
 from fedmodel.privacy.highwater import LedgerRollback
 from fedmodel.privacy.ledger import NO_DP, Ledger, LedgerEntry, LedgerError
@@ -485,13 +486,13 @@ def _first_words(err: FedmodelError) -> str:
 
 
 def dataset_input_shape(scenario: ScenarioConfig) -> tuple[int, ...]:
-    from clients.local_data import dataset_splits
+    from fedmodel.data.local import dataset_splits
 
     return tuple(dataset_splits(scenario).input_shape)
 
 
 def dataset_num_classes(scenario: ScenarioConfig) -> int:
-    from clients.local_data import dataset_splits
+    from fedmodel.data.local import dataset_splits
 
     return int(dataset_splits(scenario).num_classes)
 

@@ -25,12 +25,12 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid, RdpAccountant
 from flwr.serverapp.strategy import Strategy
 
-from clients.sim_nodes import pin_server
 from fedmodel import __version__
 from fedmodel.config import ConfigError, ScenarioConfig, config_hash
 from fedmodel.crypto.keys import fingerprint
 from fedmodel.data import DatasetSplits, load_dataset
 from fedmodel.models import build_model
+from fedmodel.sim_nodes import pin_server
 from fedmodel.training import evaluate
 from fedmodel.training.checkpoint import load_weights, save_weights
 from server import central_dp, wire

@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-from clients.node_config import NODE_FILE, load_node_config
 from fedmodel.config import ConfigError
 from fedmodel.crypto import keys as keyfiles
 from fedmodel.crypto.chain import ChainEntry, ChainError, verify_entry
@@ -50,6 +49,7 @@ from fedmodel.crypto.seal import (
     state_dict_to_bytes,
 )
 from fedmodel.io import atomic_write_json
+from fedmodel.node_config import NODE_FILE, load_node_config
 from server import wire
 
 KEYS_DIR = "server-keys"

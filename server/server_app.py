@@ -19,9 +19,9 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from clients.sim_nodes import prepare_sim_nodes
 from fedmodel.config import ConfigError, ScenarioConfig
 from fedmodel.scenarios import apply_overrides, load_scenario
+from fedmodel.sim_nodes import prepare_sim_nodes
 from server.deploy.grid import PromptGrid
 from server.federation import DEPLOYMENT, ServerSettings, run_federation
 

@@ -15,15 +15,15 @@ from typing import Any
 
 from flwr.app import Context, RecordDict
 
-from clients.node_config import NODE_FILE, load_node_config
-from clients.sim_nodes import pin_server, prepare_sim_nodes
 from clients.train_round import run_train_round
 from fedmodel.config import ScenarioConfig
 from fedmodel.crypto.keys import load_signing_key
 from fedmodel.crypto.seal import sign_request, state_dict_to_bytes
 from fedmodel.models import build_model
+from fedmodel.node_config import NODE_FILE, load_node_config
 from fedmodel.privacy.ledger import Ledger, LedgerEntry
 from fedmodel.scenarios import _dump_toml
+from fedmodel.sim_nodes import pin_server, prepare_sim_nodes
 from server import wire
 from server.sealing import ServerKeys, SignedTraffic, ensure_server_keys
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from clients.node_config import NodeConfig, load_node_config
-from clients.sim_nodes import prepare_sim_nodes
 from fedmodel.config import ConfigError
 from fedmodel.crypto.keys import KeyFileError, node_key_paths
+from fedmodel.node_config import NodeConfig, load_node_config
 from fedmodel.scenarios import tiny_tabular
+from fedmodel.sim_nodes import prepare_sim_nodes
 from server.deploy.config import AllowedNode
 
 BAD = ["", ".", "..", "a/b", "../x", "/etc", "-lead", ".hidden", "$x^2$", "a b", "é", "n" * 65]

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clients.node_config import NodeConfig, NodeDeployment, load_node_config
 from fedmodel.config import ConfigError
 from fedmodel.crypto.keys import load_auth_key, load_signing_key
 from fedmodel.crypto.pki import cert_fingerprint
 from fedmodel.errors import FedmodelError
+from fedmodel.node_config import NodeConfig, NodeDeployment, load_node_config
 from server.deploy.processes import port_in_use
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from clients.daemon.checks import check_budget, check_port_free, load_deployed_node
-from clients.node_config import NodeConfig, NodeDeployment
 from fedmodel.errors import FedmodelError
+from fedmodel.node_config import NodeConfig, NodeDeployment
 from server.deploy.flower import flower_bin, flower_env
 from server.deploy.processes import (
     Child,

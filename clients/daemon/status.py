@@ -15,8 +15,8 @@ from typing import Any
 
 from clients.daemon.checks import load_deployed_node
 from clients.daemon.service import PID_FILE
-from clients.node_config import NodeConfig
 from fedmodel.crypto.keys import public_path
+from fedmodel.node_config import NodeConfig
 from fedmodel.privacy.budget import cumulative_epsilon
 from fedmodel.privacy.ledger import LEDGER_FILE, LedgerEntry, verify_ledger
 from server.deploy.processes import read_pid_file

@@ -50,7 +50,7 @@ def rotate(
     ``.retired-<time>`` and the new one takes its place. Send the new ``.pub`` to the
     coordinator: from now on it verifies this node's replies and ledger entries.
     """
-    from clients.node_config import load_node_config
+    from fedmodel.node_config import load_node_config
     from fedmodel.privacy.rotation import rotate_signing_key
 
     with reported_errors():

@@ -80,8 +80,8 @@ def adopt(
     the node refuses to train on a ledger without one, because a missing mark is what a deleted
     or cut-back ledger looks like. Adopting says, with the node's key, that this ledger is whole.
     """
-    from clients.node_config import load_node_config
     from fedmodel.crypto.keys import load_signing_key
+    from fedmodel.node_config import load_node_config
     from fedmodel.privacy.ledger import Ledger
 
     with reported_errors():

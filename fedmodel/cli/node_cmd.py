@@ -60,9 +60,9 @@ def pin(
     import re
 
     from clients.daemon.checks import load_deployed_node
-    from clients.sealing import write_pin
     from fedmodel.config import ConfigError
     from fedmodel.crypto.keys import load_verify_key
+    from fedmodel.crypto.pin import write_pin
 
     _, _, source = load_deployed_node(config)
     if not re.fullmatch(r"[0-9a-f]{64}", exchange_fingerprint):

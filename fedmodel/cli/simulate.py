@@ -34,8 +34,8 @@ def simulate(
     verbose: Annotated[bool, typer.Option(help="show Flower and Ray logs")] = False,
 ) -> None:
     """Run a federated DP scenario and write its run folder."""
+    from fedmodel.simulation import simulate as run
     from server.federation import ServerSettings, central_accountant, resume_settings
-    from server.simulate import simulate as run
 
     console = Console()
     if resume is not None:

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from fedmodel.io import atomic_write_text
+from fedmodel.simulation import FLOWER_ENV
 from server.deploy.processes import ServiceError
-from server.simulate import FLOWER_ENV
 
 CONNECTION = "fedmodel"
 

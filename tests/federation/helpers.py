@@ -6,8 +6,8 @@ from pathlib import Path
 
 from fedmodel.config import ScenarioConfig
 from fedmodel.scenarios import apply_overrides, load_scenario, tiny_tabular
+from fedmodel.simulation import simulate
 from server.federation import ServerSettings
-from server.simulate import simulate
 
 
 def small_mnist(rounds: int = 2, clients: int = 3, **overrides) -> ScenarioConfig:

@@ -27,11 +27,11 @@ from fedmodel.report.collect import collect_report
 from fedmodel.report.html import render_html
 from fedmodel.report.view import central_dp_table
 from fedmodel.scenarios import apply_overrides, load_scenario, scenario_to_toml
+from fedmodel.simulation import simulate
 from fedmodel.training.checkpoint import load_weights
 from server import central_dp
 from server.federation import resume_settings
 from server.records import read_metrics
-from server.simulate import simulate
 from tests.federation.helpers import run, small_tabular
 
 NOISE, CLIP, DELTA = 1.0, 0.5, 1e-3

@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from fedmodel.cli.main import app
 from fedmodel.scenarios import apply_overrides
+from fedmodel.simulation import simulate
 from fedmodel.training.checkpoint import load_weights
 from server.federation import arrays_sha256, resume_settings
 from server.records import read_metrics
-from server.simulate import simulate
 from tests.federation.helpers import run, small_tabular
 
 

@@ -16,9 +16,8 @@ from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from clients.client_app import train
-from clients.node_config import load_node_config
-from clients.sealing import load_pin
 from fedmodel.crypto.keys import load_signing_key
+from fedmodel.crypto.pin import load_pin
 from fedmodel.crypto.seal import (
     ReplayGuard,
     open_request,
@@ -26,6 +25,7 @@ from fedmodel.crypto.seal import (
     sign_update,
     state_dict_from_bytes,
 )
+from fedmodel.node_config import load_node_config
 from server import wire
 
 ATTACKED_PREFIX = "attacked-"

@@ -19,15 +19,15 @@ from flwr.serverapp import Grid, ServerApp
 
 import clients.client_app
 import server.server_app
-from clients.node_config import load_node_config
-from clients.sim_nodes import prepare_sim_nodes
 from fedmodel.config import ScenarioConfig
 from fedmodel.crypto.keys import save_signing_key
+from fedmodel.node_config import load_node_config
 from fedmodel.scenarios import apply_overrides
+from fedmodel.sim_nodes import prepare_sim_nodes
+from fedmodel.simulation import simulate
 from server.audit import verify_audit
 from server.federation import ServerSettings, run_federation
 from server.records import read_metrics
-from server.simulate import simulate
 from tests.robust.attack import ATTACKED_PREFIX, ATTACKS, attacked_app
 
 CLIENTS = 10

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from clients.sealing import load_pin, write_pin
 from fedmodel.crypto.keys import fingerprint
+from fedmodel.crypto.pin import load_pin, write_pin
 from fedmodel.privacy.ledger import verify_ledger
 from fedmodel.scenarios import apply_overrides
 from server import wire

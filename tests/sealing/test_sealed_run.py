@@ -9,8 +9,8 @@ import stat
 import pytest
 from typer.testing import CliRunner
 
-from clients.sealing import PIN_FILE
 from fedmodel.cli.main import app as cli
+from fedmodel.crypto.pin import PIN_FILE
 from fedmodel.report import view
 from fedmodel.report.collect import collect_report
 from fedmodel.report.json_out import render_json

@@ -15,7 +15,7 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from clients.sealing import PIN_FILE
+from fedmodel.crypto.pin import PIN_FILE
 from fedmodel.crypto.seal import sign_request
 from fedmodel.scenarios import apply_overrides
 from server import wire

@@ -18,7 +18,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 
 from clients import secagg_client
-from clients.sealing import load_pin
+from fedmodel.crypto.pin import load_pin
 from fedmodel.crypto.seal import open_request
 from fedmodel.privacy.ledger import verify_ledger
 from fedmodel.scenarios import apply_overrides

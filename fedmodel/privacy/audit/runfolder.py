@@ -8,7 +8,7 @@ What is read, and from where:
   steps, clipping norm and delta - the mechanism the canary audit replays and the accountant's
   claim it tests.
 * ``model/``: the final model, the one the federation released, for membership inference.
-* the site's records: the rows its ClientApp trains on (``clients.local_data``, the same code),
+* the site's records: the rows its ClientApp trains on (``fedmodel.data.local``, the same code),
   and held-out rows of the dataset's test split, which no site trains on. This needs the data
   on this machine, as in a simulation; in a deployment a site runs it on its own rows.
 
@@ -213,7 +213,7 @@ def _final_model(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def _site_data(scenario: ScenarioConfig, site: Site) -> tuple[Dataset, Dataset, DatasetSplits]:
     """The site's training rows and the held-out rows, loaded as the ClientApp loads them."""
-    from clients.local_data import client_train_set, dataset_splits  # the node's own loader
+    from fedmodel.data.local import client_train_set, dataset_splits  # the node's own loader
 
     try:
         members = client_train_set(scenario, site.partition_id)

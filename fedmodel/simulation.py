@@ -39,7 +39,7 @@ def quiet_flower_env() -> None:
 
 
 def simulate(settings: ServerSettings, *, verbose: bool = False) -> Path:
-    from clients.sim_nodes import prepare_sim_nodes
+    from fedmodel.sim_nodes import prepare_sim_nodes
 
     quiet_flower_env()
     if settings.resume and latest_checkpoint(settings.run_dir) is None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clients.node_config import NODE_FILE, NodeConfig, NodeData, SitePolicy
-from clients.sealing import write_pin
 from fedmodel.config import ScenarioConfig
 from fedmodel.crypto.keys import generate_signing_key, save_signing_key
+from fedmodel.crypto.pin import write_pin
 from fedmodel.io import atomic_write_text
+from fedmodel.node_config import NODE_FILE, NodeConfig, NodeData, SitePolicy
 from fedmodel.scenarios import _dump_toml
 
 
