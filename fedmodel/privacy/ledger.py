@@ -292,6 +292,8 @@ class Ledger:
     ) -> LedgerEntry:
         """Record one trained round and the cumulative epsilon over the whole history.
 
+        A primitive without any decision (no cap, no duplicate check): nodes spend only through
+        :func:`fedmodel.privacy.spend.reserve`; this serves tools and tests that build ledgers.
         ``accountant_history_added`` is what training added to the Opacus accountant
         (``TrainResult.history``); it is the source of truth for accounting and must add up to
         ``steps``. When omitted, the round is one homogeneous stretch
