@@ -159,8 +159,8 @@ def run_mode(name: str, root: Path, scenario_path: Path, rounds: int) -> dict[st
         server_log = fed.root / "server.out"
         procs.append(start(["server", "start", "--config", str(fed.server_toml)], server_log))
         wait_for_count(server_log, "SuperLink ready", 1, 300, procs[0])
+        pin_nodes(fed)  # every request is signed: every site pins the coordinator first
         if name in SEALED_MODES:
-            pin_nodes(fed)
             scenario_path = scenario_path.with_name(SEALED_SCENARIO)
         for node in NODES:
             procs.append(start(["node", "start", "--config", str(fed.node_toml(node))],

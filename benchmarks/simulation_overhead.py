@@ -54,6 +54,7 @@ def timed_train(msg: Message, context: Context) -> Message:
     """fedmodel's ClientApp, unchanged, with its ``train`` call and the handler timed."""
     import clients.train_round as tr
     from clients import client_app
+    from fedmodel.crypto.seal import peek_request
 
     last: dict[str, float] = {}
     if not hasattr(tr, "_bench_real_train"):
@@ -72,7 +73,7 @@ def timed_train(msg: Message, context: Context) -> Message:
     reply = client_app.train(msg, context)
     handler = time.perf_counter() - start
     row = {
-        "round": int(msg.content["config"]["server-round"]),
+        "round": peek_request(msg.content["signed-request"]["blob"])[1],
         "partition": int(context.node_config["partition-id"]),
         "train_s": last.get("train_s"),
         "handler_s": handler,
