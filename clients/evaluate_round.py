@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from flwr.app import Context, RecordDict
 
+from clients.policy import delta_violation
 from clients.train_round import (
     NodeSession,
     RoundRequest,
@@ -20,8 +21,10 @@ from clients.train_round import (
     answer,
     dataset_input_shape,
     dataset_num_classes,
+    policy_reason,
     refuse,
     refused_from,
+    seed_secret,
     verify_request,
 )
 from fedmodel.data.local import client_test_set
@@ -42,12 +45,17 @@ def run_evaluate_round(content: RecordDict, context: Context) -> RecordDict:
     policy = session.node.policy
     if not policy.share_eval_metrics:
         return refuse(session, request, "site policy does not share evaluation counts").record()
+    if (reason := policy_reason(session.node, request.scenario)) is not None:
+        return refuse(session, request, reason).record()
     dataset = client_test_set(request.scenario, session.partition_id, session.num_partitions)
+    if reason := delta_violation(policy, request.scenario.dp, len(dataset)):
+        quiet = "delta above this site's limit"
+        return refuse(session, request, quiet if session.rules.quiet else reason).record()
     decision = reserve(
         session.ledger,
         eval_plan(session, request, len(dataset)),
         session.rules,
-        seed_secret=session.signing_key.private_bytes_raw(),
+        seed_secret=seed_secret(session),
     )
     if isinstance(decision, Denied):
         return refused_from(session, decision.entry).record()
@@ -91,4 +99,5 @@ def eval_plan(session: NodeSession, request: RoundRequest, n: int) -> SpendPlan:
         planned_rounds=request.num_rounds,
         run_target_epsilon=dp.target_epsilon,
         accountant=dp.accountant,
+        request_digest=request.digest,
     )

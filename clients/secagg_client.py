@@ -20,18 +20,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common import NDArrays, Scalar
 
-from clients.sealing import ServerChannel
-from clients.train_round import (
-    Refused,
-    RoundRequest,
-    node_file_for,
-    open_session,
-    refuse_unverified,
-    train_round,
-)
-from fedmodel.config import ConfigError
-from fedmodel.crypto.pin import load_pin
-from fedmodel.crypto.seal import SealError
+from clients.train_round import Refused, Verified, train_round, verify_request
 from fedmodel.privacy.spend import commit
 from server import wire
 
@@ -49,19 +38,13 @@ class SecAggNodeClient(NumPyClient):
     ) -> tuple[NDArrays, int, dict[str, Scalar]]:
         """Verify the signed request (the global model comes from it, not from ``parameters``),
         train, and return weight 1 (0 for a refusal: its masked vector then adds nothing)."""
-        sim_dir = config.get(wire.SIM_NODES_DIR)
+        sim_dir = str(config[wire.SIM_NODES_DIR]) if wire.SIM_NODES_DIR in config else None
         blob = config.get(wire.SIGNED_REQUEST)
-        content = wire.request_record(
-            blob if isinstance(blob, bytes) else b"", sim_dir and str(sim_dir)
-        )
-        node_file = node_file_for(self.node_context, str(sim_dir) if sim_dir else None)
-        session = open_session(node_file, self.node_context)
-        try:
-            channel = ServerChannel.open(load_pin(session.folder), content)
-            request = RoundRequest.from_signed(channel.request)
-        except (SealError, ConfigError) as err:
-            refused = refuse_unverified(session, content, f"request not verified ({err})")
-            return parameters, 0, wire.flatten_reply(refused)
+        content = wire.request_record(blob if isinstance(blob, bytes) else b"", sim_dir)
+        verified = verify_request(content, self.node_context, "train")
+        if not isinstance(verified, Verified):
+            return parameters, 0, wire.flatten_reply(verified)
+        session, channel, request = verified.session, verified.channel, verified.request
         names = json.loads(str(channel.request.config[wire.TENSOR_NAMES]))
         outcome = train_round(session, request, channel.global_state(), self.node_context)
         if isinstance(outcome, Refused):

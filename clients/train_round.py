@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -34,8 +36,8 @@ from clients.policy import delta_violation, policy_violation
 from clients.sealing import ServerChannel
 from fedmodel.config import ConfigError, DPConfig, ScenarioConfig
 from fedmodel.crypto.keys import load_signing_key
-from fedmodel.crypto.pin import load_pin
-from fedmodel.crypto.seal import SealError, SignedRequest, peek_request
+from fedmodel.crypto.pin import PinMissing, load_pin
+from fedmodel.crypto.seal import SealError, SignedRequest
 from fedmodel.data.errors import DataError
 from fedmodel.data.local import client_train_set
 from fedmodel.errors import FedmodelError
@@ -48,10 +50,12 @@ from fedmodel.privacy.release import history_entry, noised_summary, site_stats
 from fedmodel.privacy.spend import Denied, Reserved, SiteRules, SpendPlan, commit, reserve
 from fedmodel.privacy.spend import refuse as refuse_in_ledger
 from fedmodel.training import train
+from fedmodel.training.errors import TrainingError
 from fedmodel.training.loop import predict_proba
 from server import wire
 
 PLAN_STATE = "dp-plan"
+NO_PIN = "no server pin: the site must pin the coordinator (fedmodel node pin)"
 MODEL_UPDATE = "model-update"
 TRAIN_METRICS = "train-metrics"
 
@@ -65,9 +69,10 @@ class RoundRequest:
     num_rounds: int
     scenario: ScenarioConfig
     proximal_mu: float
+    digest: bytes = b""  # SHA-256 of the signed blob: the request, exactly as the server signed it
 
     @classmethod
-    def from_signed(cls, signed: SignedRequest) -> RoundRequest:
+    def from_signed(cls, signed: SignedRequest, digest: bytes = b"") -> RoundRequest:
         config = signed.config
         try:
             scenario = ScenarioConfig.model_validate_json(str(config[wire.SCENARIO]))
@@ -75,7 +80,7 @@ class RoundRequest:
             mu = float(config.get(wire.PROXIMAL_MU, 0.0))
         except Exception:  # pydantic, a missing key: the request itself is malformed
             raise ConfigError("malformed training request (scenario or plan)") from None
-        return cls(signed.run_id, signed.round, num_rounds, scenario, mu)
+        return cls(signed.run_id, signed.round, num_rounds, scenario, mu, digest)
 
 
 def node_file_for(context: Context, sim_nodes_dir: str | None) -> Path:
@@ -106,7 +111,12 @@ class NodeSession:
 
     @property
     def rules(self) -> SiteRules:
-        return SiteRules(cap=self.node.budget, policy=self.node.policy.model_dump(mode="json"))
+        policy = self.node.policy
+        return SiteRules(
+            cap=self.node.budget,
+            policy=policy.model_dump(mode="json"),
+            quiet=not policy.dataset_size_public,
+        )
 
 
 def open_session(node_file: Path, context: Context) -> NodeSession:
@@ -156,26 +166,62 @@ class Verified:
 def verify_request(content: RecordDict, context: Context, task: str) -> Verified | RecordDict:
     """The node, its pinned channel and the request; or the signed refusal to send instead.
 
-    Nothing of the request is read before its signature verifies; a request signed for another
-    handler (an evaluation request replayed as training, say) is refused too.
+    Nothing of the request is read before its signature verifies. Then it must be meant for this
+    handler (``task``), this node (its Flower node id) and now (not expired); and when the
+    server names the ledger head this node reported earlier in the run, the ledger must still
+    hold it. A request failing any of these is refused as "unverified": the refusal names no
+    run, so it can never stand in for this node's answer to the genuine request.
     """
     request_record = content.config_records.get(wire.SIGNED_REQUEST)
     sim_dir = request_record.get(wire.SIM_NODES_DIR) if request_record is not None else None
     session = open_session(node_file_for(context, str(sim_dir) if sim_dir else None), context)
     try:
         channel = ServerChannel.open(load_pin(session.folder), content)
-        request = RoundRequest.from_signed(channel.request)
+        request = RoundRequest.from_signed(channel.request, _blob_digest(request_record))
     except SealError as err:  # an impostor server, a relay's edit: nothing is read, say why
-        return refuse_unverified(session, content, f"request not verified ({err.reason})")
-    except ConfigError as err:  # no pin, or a signed request this node cannot read
-        return refuse_unverified(session, content, _first_words(err))
-    signed_task = channel.request.config.get(wire.TASK)
-    if signed_task != task:
-        reason = f"request signed for task {signed_task!r}, not {task!r}"
-        return refuse(session, request, reason).record()
+        return refuse_unverified(session, f"request not verified ({err.reason})")
+    except PinMissing:
+        return refuse_unverified(session, NO_PIN)
+    except ConfigError:  # a signed request this node cannot read
+        return refuse_unverified(session, "request could not be read by this node")
+    if (reason := _misdirected(channel.request.config, context, task)) is not None:
+        return refuse_unverified(session, reason)
+    check_expected_head(session.ledger, channel.request.config.get(wire.EXPECTED_HEAD))
     if request.scenario.security.sealed_updates and channel.server_public is None:
         return refuse(session, request, "the run seals updates but names no server key").record()
     return Verified(session, channel, request)
+
+
+def _misdirected(config: Mapping[str, Any], context: Context, task: str) -> str | None:
+    """Why a genuinely signed request is not one for this handler, this node, now."""
+    if config.get(wire.TASK) != task:
+        return f"request signed for another task than {task!r}"
+    if config.get(wire.DST_NODE) != int(context.node_id):
+        return "request signed for another node"
+    not_after = config.get(wire.NOT_AFTER)
+    if not isinstance(not_after, int | float) or time.time() > not_after:
+        return "request expired"
+    return None
+
+
+def check_expected_head(ledger: Ledger, head: Any) -> None:
+    """The coordinator's last record of this node's ledger must still be in it: a ledger rolled
+    back with its high-water mark (a restored backup of the whole node folder) stops here."""
+    if head is None:
+        return
+    entries = ledger.entries()
+    count, digest = int(head.get("count", 0)), head.get("hash")
+    if count > len(entries) or (count > 0 and entries[count - 1].hash != digest):
+        raise LedgerRollback(
+            f"{ledger.path}: the coordinator last saw this ledger at {count} entries "
+            f"(head {str(digest)[:16]}…), which it does not contain: restore the ledger that "
+            "reached that head"
+        )
+
+
+def _blob_digest(record: Any) -> bytes:
+    blob = record.get(wire.BLOB) if record is not None else None
+    return hashlib.sha256(blob).digest() if isinstance(blob, bytes) else b""
 
 
 def run_train_round(content: RecordDict, context: Context) -> RecordDict:
@@ -214,11 +260,13 @@ def train_round(
     """Policy, the spend door, DP-SGD; shared by every transport."""
     node, scenario = session.node, request.scenario
 
-    if (reason := _policy_reason(node, scenario)) is not None:
+    if (reason := policy_reason(node, scenario)) is not None:
         return refuse(session, request, reason)
     dataset = client_train_set(scenario, session.partition_id, session.num_partitions)
     n = len(dataset)
     if scenario.dp.enabled and (reason := delta_violation(node.policy, scenario.dp, n)):
+        if session.rules.quiet:  # the limit is 1/(10 n): it would name the row count
+            reason = "delta above this site's limit"
         return refuse(session, request, reason)
     sample_rate, steps = sampling_plan(n, scenario.train.batch_size, scenario.train.epochs)
     metrics_release = _metrics_release(node, scenario)
@@ -226,11 +274,11 @@ def train_round(
     if dp.enabled:
         noise = _noise_for_run(context, session, request, n, sample_rate, steps, metrics_release)
         dp = dp.model_copy(update={"noise_multiplier": noise, "target_epsilon": None})
-        if (reason := _policy_reason(node, scenario.model_copy(update={"dp": dp}))) is not None:
+        if (reason := policy_reason(node, scenario.model_copy(update={"dp": dp}))) is not None:
             return refuse(session, request, reason)
     releases = (MODEL_UPDATE, TRAIN_METRICS) if metrics_release else (MODEL_UPDATE,)
     plan = _spend_plan(request, dp, n, sample_rate, steps, releases, metrics_release)
-    decision = reserve(session.ledger, plan, session.rules, seed_secret=_seed_secret(session))
+    decision = reserve(session.ledger, plan, session.rules, seed_secret=seed_secret(session))
     if isinstance(decision, Denied):
         return refused_from(session, decision.entry)
 
@@ -255,7 +303,9 @@ def train_round(
     entry = decision.entry
     if dp.enabled and not _ran_as_reserved(result.history, entry):
         raise LedgerError("training ran other steps than the spend reserved for them")
-    metrics = _accounting_metrics(session, entry, dp)
+    if not all(bool(torch.isfinite(t).all()) for t in result.state_dict.values()):
+        raise TrainingError("non-finite update withheld (the spend stays counted)")
+    metrics = _accounting_metrics(session, entry, dp, scenario.dp.noise_multiplier)
     if metrics_release:
         model.load_state_dict(result.state_dict)
         metrics.update(_released_train_metrics(model, dataset, scenario, node))
@@ -290,6 +340,7 @@ def _spend_plan(
             noise_multiplier=0.0, sample_rate=sample_rate, steps=steps,
             max_grad_norm=dp.max_grad_norm, delta=dp.delta, dataset_size=n,
             mechanism=NO_DP, planned_rounds=request.num_rounds,
+            request_digest=request.digest,
         )  # fmt: skip
     noise = float(dp.noise_multiplier or 0.0)
     history = [(noise, sample_rate, steps)]
@@ -310,10 +361,13 @@ def _spend_plan(
         planned_rounds=request.num_rounds,
         run_target_epsilon=target,
         accountant=dp.accountant,
+        request_digest=request.digest,
     )
 
 
-def _accounting_metrics(session: NodeSession, entry: LedgerEntry, dp: DPConfig) -> dict:
+def _accounting_metrics(
+    session: NodeSession, entry: LedgerEntry, dp: DPConfig, request_noise: float | None
+) -> dict:
     """What a reply says by default: public configuration and the node's accounting of it.
 
     No loss, accuracy or example count. With ``policy.dataset_size_public = false`` not even the
@@ -325,11 +379,11 @@ def _accounting_metrics(session: NodeSession, entry: LedgerEntry, dp: DPConfig) 
     }
     if not dp.enabled:  # no noise, no guarantee: the report marks the round unprotected
         return metrics
-    metrics |= {
-        "delta": float(dp.delta),
-        "noise-multiplier": float(dp.noise_multiplier or 0.0),
-        "max-grad-norm": float(dp.max_grad_norm),
-    }
+    metrics |= {"delta": float(dp.delta), "max-grad-norm": float(dp.max_grad_norm)}
+    calibrated = entry.noise_multiplier != request_noise
+    if session.node.policy.dataset_size_public or not calibrated:
+        # a noise calibrated to a target epsilon is a function of the sample rate, hence of n
+        metrics["noise-multiplier"] = float(dp.noise_multiplier or 0.0)
     if session.node.policy.dataset_size_public:
         metrics.update(
             {
@@ -366,12 +420,12 @@ def _released_train_metrics(
     }
 
 
-def _seed_secret(session: NodeSession) -> bytes:
+def seed_secret(session: NodeSession) -> bytes:
     """The node's private key bytes: what makes its noise streams unguessable to the server."""
     return session.signing_key.private_bytes_raw()
 
 
-def _policy_reason(node: NodeConfig, scenario: ScenarioConfig) -> str | None:
+def policy_reason(node: NodeConfig, scenario: ScenarioConfig) -> str | None:
     """The site's policy, plus the transport rule that only the node can enforce."""
     if node.policy.require_sealed_updates and not scenario.security.sealed_updates:
         return "site policy requires sealed updates; this run sends updates unsealed"
@@ -404,7 +458,9 @@ def _noise_for_run(
     if dp.noise_multiplier is not None:
         return float(dp.noise_multiplier)
     spent = [e for e in session.ledger.entries() if e.spends and e.run_id == request.run_id]
-    same = [e for e in spent if e.sample_rate == sample_rate and e.history[:1]]
+    same = [
+        e for e in spent if e.kind == "round" and e.sample_rate == sample_rate and e.history[:1]
+    ]
     if same and same[-1].history[0][2] == steps:
         return float(same[-1].noise_multiplier)  # type: ignore[arg-type]
     prior = [h for e in spent for h in e.history]
@@ -445,14 +501,12 @@ def refuse(session: NodeSession, request: RoundRequest, reason: str) -> Refused:
     return refused_from(session, entry)
 
 
-def refuse_unverified(session: NodeSession, content: RecordDict, reason: str) -> RecordDict:
-    """A request the node could not verify: refuse, in the ledger and to the sender.
-
-    The run id and round in the refusal are what the unverified header claims, so the entry
-    says "not verified"; a refusal spends nothing, so a forged header costs the site nothing.
-    """
-    run_id, rnd = _claimed_run_and_round(content)
-    entry = refuse_in_ledger(session.ledger, run_id, rnd, reason, session.rules)
+def refuse_unverified(session: NodeSession, reason: str) -> RecordDict:
+    """A request the node could not verify (or that was not meant for it, here, now): refuse,
+    in the ledger and to the sender, under the run id ``unverified``. Nothing of the request is
+    trusted, so the refusal names no run and round of it; the server never counts it as an
+    answer (a relay cannot use it to crowd out the node's answer to the genuine request)."""
+    entry = refuse_in_ledger(session.ledger, wire.UNVERIFIED_RUN, 0, reason, session.rules)
     return refused_from(session, entry).record()
 
 
@@ -465,24 +519,6 @@ def refused_from(session: NodeSession, entry: LedgerEntry) -> Refused:
     return Refused(
         wire.refusal_record(session.node.name, reason, projected, entry.hash, entry.seq + 1, line)
     )
-
-
-def _claimed_run_and_round(content: RecordDict) -> tuple[str, int]:
-    """Run id and round from an unverified request's header, for the refusal's record only."""
-    record = content.config_records.get(wire.SIGNED_REQUEST)
-    blob = record.get(wire.BLOB) if record is not None else None
-    try:
-        return peek_request(blob) if isinstance(blob, bytes) else ("unknown", 0)
-    except SealError:
-        return "unknown", 0
-
-
-def _first_words(err: FedmodelError) -> str:
-    """The reason for a refusal the server will see: the error's kind, no local path."""
-    text = str(err)
-    if "no server pin" in text:
-        return "no server pin: the site must pin the coordinator (fedmodel node pin)"
-    return "request could not be read by this node (see the site's log)"
 
 
 def dataset_input_shape(scenario: ScenarioConfig) -> tuple[int, ...]:

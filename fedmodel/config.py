@@ -93,7 +93,9 @@ class DPConfig(StrictModel):
     clipping: Literal["per-sample", "ghost", "fast"] = Field(
         "fast",
         description="per-sample: Opacus hooks; ghost: Opacus ghost clipping; fast: book-keeping "
-        "(one backward pass, the same clipped gradients; fedmodel.training.clipping)",
+        "(one backward pass, the same clipped gradients; fedmodel.training.clipping). fast and "
+        "per-sample drop examples whose gradients are not finite; ghost does not (a node then "
+        "withholds a non-finite update, which a crafted model can provoke: prefer fast)",
     )
     secure_mode: bool = False
 

@@ -58,6 +58,7 @@ RoundCallback = Callable[[int, int, dict[str, Any]], None]
 EvaluationSource = Callable[[int], dict[str, Any]]
 SITE_ROWS = "site rows"
 DEPLOYMENT = "deployment"  # ServerSettings.engine of a run on real SuperNodes
+REQUEST_SLACK_S = 600.0  # a request expires this long after its round could have timed out
 REPLAY_GUARD_FILE = "replay-guard.json"  # sealed runs: message ids accepted so far
 RowSource = Callable[[int], list[dict[str, Any]]]
 
@@ -111,6 +112,7 @@ def run_federation(grid: Grid, settings: ServerSettings) -> Path:
         settings.run_dir / REPLAY_GUARD_FILE,
         sealed=scenario.security.sealed_updates,
     )
+    traffic.request_ttl = settings.round_timeout + REQUEST_SLACK_S
     sim_dir = str(settings.sim_nodes_dir) if settings.sim_nodes_dir is not None else None
     strategy = RecordingStrategy(
         _strategy(scenario, accountant),

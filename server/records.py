@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import platform
 import re
 from dataclasses import dataclass, field
@@ -95,7 +96,8 @@ class RunRecorder:
         row = {"round": rnd, "time": utc_now(), "server": server, "clients": clients}
         if federated:
             row["federated"] = federated
-        append_line_durably(self.metrics_path, json.dumps(row, sort_keys=True))
+        row = finite_json(row)
+        append_line_durably(self.metrics_path, json.dumps(row, sort_keys=True, allow_nan=False))
         self._write_clients_csv()
 
     def rounds(self) -> list[dict[str, Any]]:
@@ -132,3 +134,15 @@ def load_run_scenario(run_dir: Path) -> ScenarioConfig:
     if not path.is_file():
         raise ConfigError(f"{run_dir}: not a run folder (no scenario.toml)")
     return load_toml(ScenarioConfig, path)
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by ``None`` (JSON has neither; an
+    unbounded epsilon is ``null`` in the records, as in the ledger)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value

@@ -15,9 +15,11 @@ which the coordinator fills when it registers a site. Nothing a reply says can a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +170,8 @@ class SignedTraffic:
     guard: ReplayGuard = field(default_factory=ReplayGuard)
     guard_path: Path | None = None  # where accepted ids survive a ServerApp restart
     senders: dict[str, int] = field(default_factory=dict)  # signer -> Flower node id
+    heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # signer -> last ledger head
+    request_ttl: float = 3600.0  # seconds a request stays answerable (the round timeout + slack)
     answered: dict[tuple[int, str], set[str]] = field(default_factory=dict)  # (round, task)
 
     @classmethod
@@ -211,9 +215,12 @@ class SignedTraffic:
         sim_nodes_dir: str | None = None,
         task: str = "train",
     ) -> list[Message]:
-        """Replace each request's content by one blob signed for this run, round and task.
+        """Replace each request's content by a blob signed for this run, round, task and node.
 
-        The model is serialised and signed once per round; every node gets the same bytes.
+        Each node's blob names its Flower node id (another node refuses it), an expiry (an old
+        request replayed later is refused) and, once the node has answered in this run, the
+        ledger head it reported (a node whose ledger no longer holds it refuses to train). The
+        model is serialised and hashed once per round.
         """
         out = list(messages)
         if not out:
@@ -221,23 +228,45 @@ class SignedTraffic:
         if task == "train":
             self.guard.forget_before(self.run_id, rnd)
         payload = state_dict_to_bytes(arrays.to_torch_state_dict())
-        blobs: dict[str, bytes] = {}
+        digest = hashlib.sha256(payload).digest()
+        not_after = int(time.time() + self.request_ttl)
         for msg in out:
             config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
-            signed = {**self.signed_config(config, rnd), wire.TASK: task}
-            key = json.dumps(signed, sort_keys=True)
-            if key not in blobs:
-                blobs[key] = sign_request(payload, self.keys.signing, signed)
-            msg.content = wire.request_record(blobs[key], sim_nodes_dir)
+            dst = int(msg.metadata.dst_node_id)
+            signed = self.node_config(config, rnd, task, dst, not_after)
+            blob = sign_request(payload, self.keys.signing, signed, payload_sha256=digest)
+            msg.content = wire.request_record(blob, sim_nodes_dir)
         return out
 
     def sign_legacy_request(
-        self, config: Mapping[str, Any], arrays: ArrayRecord, rnd: int
+        self, config: Mapping[str, Any], arrays: ArrayRecord, rnd: int, dst: int
     ) -> bytes:
-        """The same signed blob for SecAgg+'s legacy ``FitIns`` config (one per round)."""
+        """The same signed blob for SecAgg+'s legacy ``FitIns`` config (one per node)."""
         payload = state_dict_to_bytes(arrays.to_torch_state_dict())
-        signed = {**self.signed_config(config, rnd), wire.TASK: "train"}
+        not_after = int(time.time() + self.request_ttl)
+        signed = self.node_config(config, rnd, "train", dst, not_after)
         return sign_request(payload, self.keys.signing, signed)
+
+    def node_config(
+        self, config: Mapping[str, Any], rnd: int, task: str, dst: int, not_after: int
+    ) -> dict[str, Any]:
+        signed = {
+            **self.signed_config(config, rnd),
+            wire.TASK: task,
+            wire.DST_NODE: dst,
+            wire.NOT_AFTER: not_after,
+        }
+        head = self._head_of(dst)
+        if head is not None:
+            signed[wire.EXPECTED_HEAD] = head
+        return signed
+
+    def _head_of(self, dst: int) -> dict[str, Any] | None:
+        """The ledger head the node at Flower id ``dst`` last reported in this run, if any."""
+        for signer, node_id in self.senders.items():
+            if node_id == dst and signer in self.heads:
+                return dict(self.heads[signer])
+        return None
 
     def signed_config(self, config: Mapping[str, Any], rnd: int) -> dict[str, Any]:
         return {**self.request_config(config), wire.RUN_ID: self.run_id, wire.ROUND: rnd}
@@ -268,6 +297,10 @@ class SignedTraffic:
             raise SealError(
                 "malformed", f"payload names node {named!r}, envelope signed by {opened.node_id!r}"
             )
+        count = plain[wire.METRICS].get("ledger-count")
+        head = plain[wire.NODE].get("ledger-hash")
+        if isinstance(count, int) and isinstance(head, str):
+            self.heads[opened.node_id] = {"hash": head, "count": count}
         return OpenedReply(plain, opened.node_id, opened.message_id)
 
     def _bind(self, signer: str, src_node_id: int, rnd: int, task: str = "train") -> None:
@@ -304,6 +337,8 @@ class SignedTraffic:
             raise SealError(
                 "malformed", f"ledger entry is a {body.get('kind')!r} of {body.get('node')!r}"
             )
+        if body.get("run_id") == wire.UNVERIFIED_RUN:  # never counts as this round's answer
+            raise SealError("wrong-run", f"{node} could not verify a request: {body.get('reason')}")
         if body.get("run_id") != self.run_id:
             raise SealError("wrong-run", f"refusal is for run {body.get('run_id')!r}")
         if body.get("round") != rnd:
@@ -311,6 +346,7 @@ class SignedTraffic:
         if not _refusal_matches(record, entry):
             raise SealError("tampered", "refusal differs from the node's signed ledger entry")
         self._bind(node, msg.metadata.src_node_id, rnd, task)
+        self.heads[node] = {"hash": entry.hash, "count": entry.seq + 1}
 
 
 def _refusal_matches(record: ConfigRecord, entry: ChainEntry) -> bool:

@@ -36,6 +36,7 @@ from flwr.serverapp import Grid, ServerApp
 from server import wire
 from server.federation import (
     REPLAY_GUARD_FILE,
+    REQUEST_SLACK_S,
     RunState,
     ServerSettings,
     end_of_round_hook,
@@ -65,6 +66,7 @@ def run_secagg_federation(grid: Grid, context: Context, settings: ServerSettings
     traffic = SignedTraffic.for_run(
         state.keys, state.signers, state.run_id, settings.run_dir / REPLAY_GUARD_FILE, sealed=False
     )
+    traffic.request_ttl = settings.round_timeout + REQUEST_SLACK_S
     strategy = SecAggRecordingStrategy(state, traffic)
     legacy = LegacyContext(
         context=context,
@@ -118,17 +120,22 @@ class SecAggRecordingStrategy(LegacyFedAvg):
         rnd = server_round + self.state.offset
         signed = {**round_config(self.state), wire.TENSOR_NAMES: json.dumps(self.names)}
         arrays = self.named(to_ndarrays(parameters))
-        config: dict[str, Scalar] = {
-            wire.SIGNED_REQUEST: self.traffic.sign_legacy_request(signed, arrays, rnd),
-        }
-        if self.state.settings.sim_nodes_dir is not None:
-            config[wire.SIM_NODES_DIR] = str(self.state.settings.sim_nodes_dir)
         clients = client_manager.sample(
             num_clients=self.num_fit_clients(client_manager.num_available())[0],
             min_num_clients=self.min_fit_clients,
         )
         self._sampled[rnd] = [c.node_id for c in clients]
-        return [(client, FitIns(parameters, config)) for client in clients]
+        return [(c, FitIns(parameters, self._config(signed, arrays, rnd, c))) for c in clients]
+
+    def _config(
+        self, signed: dict[str, Scalar], arrays: ArrayRecord, rnd: int, client: ClientProxy
+    ) -> dict[str, Scalar]:
+        """One node's FitIns config: its own signed request (and where simulated nodes live)."""
+        blob = self.traffic.sign_legacy_request(signed, arrays, rnd, int(client.node_id))
+        config: dict[str, Scalar] = {wire.SIGNED_REQUEST: blob}
+        if self.state.settings.sim_nodes_dir is not None:
+            config[wire.SIM_NODES_DIR] = str(self.state.settings.sim_nodes_dir)
+        return config
 
     def aggregate_fit(
         self,

@@ -44,6 +44,10 @@ SERVER_EXCHANGE_KEY = "server-exchange-key"  # hex of the raw X25519 key; nodes 
 TENSOR_NAMES = "tensor-names"  # SecAgg+ (legacy lists of arrays): JSON list, state-dict order
 SIM_NODES_DIR = "sim-nodes-dir"  # simulation only, outside the signature (see the docstring)
 TASK = "task"  # "train" or "evaluate": a request signed for one handler never serves the other
+DST_NODE = "dst-node-id"  # the Flower node id a request is signed for: no other node answers it
+NOT_AFTER = "not-after"  # unix seconds: a request is not answered after this (no old replays)
+EXPECTED_HEAD = "ledger-head"  # the head the server last recorded for the node, in this run
+UNVERIFIED_RUN = "unverified"  # run id of a refusal of a request a node could not verify
 
 # record names (server -> client)
 CONFIG = "config"
@@ -156,7 +160,10 @@ def update_from_payload(payload: bytes) -> RecordDict:
         metrics = {
             str(k): v
             for k, v in dict(meta[METRICS]).items()
-            if k in METRIC_KEYS and isinstance(v, int | float) and not isinstance(v, bool)
+            if k in METRIC_KEYS
+            and isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and math.isfinite(v)
         }
         node = {str(k): str(v) for k, v in meta[NODE].items()}
     except (TypeError, KeyError, ValueError, UnicodeDecodeError, AttributeError):

@@ -55,6 +55,7 @@ from fedmodel.io import atomic_write_bytes
 ZERO_HASH = "0" * 64
 ROTATE_TO = "rotate_to"  # a body field: raw Ed25519 public key (hex) that signs every later entry
 FILE_MODE = 0o644
+LOCK_MODE = 0o600  # flock works on a read-only descriptor: others must not open it at all
 LOCK_TIMEOUT_S = 60.0
 ENTRY_FIELDS = ("seq", "prev", "body", "signer", "hash", "sig")
 
@@ -446,7 +447,7 @@ class SignedChain:
     def locked(self) -> Iterator[None]:
         """Exclusive ``flock`` on ``<file>.lock``; gives up with a ChainError after the timeout."""
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, LOCK_MODE)
         try:
             self._acquire(fd)
             yield

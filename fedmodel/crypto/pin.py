@@ -33,6 +33,10 @@ from fedmodel.io import atomic_write_json
 PIN_FILE = "server.pin.json"
 
 
+class PinMissing(ConfigError):
+    """The node has not pinned a server: it trusts no request until it does."""
+
+
 @dataclass(frozen=True)
 class ServerPin:
     """What a node trusts: the server's X25519 fingerprint and its Ed25519 verify key."""
@@ -63,7 +67,7 @@ def load_pin(folder: Path) -> ServerPin:
         fingerprint = str(data["server_exchange_fingerprint"])
         key_path = Path(str(data["server_verify_key"]))
     except FileNotFoundError:
-        raise ConfigError(
+        raise PinMissing(
             f"{path}: no server pin; get the coordinator's fingerprint and server.ed25519.pub "
             "over a trusted channel and run `fedmodel node pin`"
         ) from None

@@ -297,7 +297,11 @@ class SignedRequest:
 
 
 def sign_request(
-    payload: bytes, server_signing_key: Ed25519PrivateKey, config: Mapping[str, Any]
+    payload: bytes,
+    server_signing_key: Ed25519PrivateKey,
+    config: Mapping[str, Any],
+    *,
+    payload_sha256: bytes | None = None,
 ) -> bytes:
     """Wrap the whole request: header (canonical JSON config, SHA-256 of the model) || payload ||
     Ed25519 signature over the header.
@@ -305,7 +309,8 @@ def sign_request(
     ``config`` must hold ``run-id`` (str) and ``server-round`` (int), plus every value the node
     will read (scenario, planned rounds, FedProx mu, the server's exchange key as hex, ...): a
     node reads nothing a relay could have changed, because it reads only this. Values must be
-    JSON (str, int, float, bool, lists, objects).
+    JSON (str, int, float, bool, lists, objects). ``payload_sha256``: the payload's digest when
+    the caller signs the same model for many nodes (one hash pass, not one per node).
     """
     round_ = config.get(_RUN_ROUND)
     if not isinstance(config.get(_RUN_ID), str) or not isinstance(round_, int):
@@ -316,7 +321,7 @@ def sign_request(
     except (TypeError, ValueError) as err:
         raise SealError("malformed", f"request config is not JSON: {err}") from None
     body = text.encode("utf-8")
-    digest = hashlib.sha256(payload).digest()
+    digest = payload_sha256 or hashlib.sha256(payload).digest()
     header = (
         _REQUEST_FIXED.pack(_REQUEST_MAGIC, _VERSION, round_, digest, len(payload), len(body))
         + body

@@ -449,7 +449,9 @@ class Ledger:
             return self._append_locked(make_body)
 
     def _append_locked(
-        self, make_body: Callable[[list[LedgerEntry]], Mapping[str, Any]]
+        self,
+        make_body: Callable[[list[LedgerEntry]], Mapping[str, Any]],
+        mark_key: ed25519.Ed25519PrivateKey | None = None,
     ) -> LedgerEntry:
         """Append (the caller holds the lock): the body sees every entry written so far, by any
         process, and is stamped there, so times never run backwards along the chain; the
@@ -467,9 +469,10 @@ class Ledger:
         except ChainError as err:
             raise LedgerError(str(err)) from None
         assert entry is not None
-        if self.mark_path is not None:
+        if self.mark_path is not None:  # signed by whoever signs the next entry
             head = ChainHead(entry.hash, entry.seq + 1)
-            write_mark(self.mark_path, self._signing_key, mark_of(str(self.node), head))
+            key = mark_key or self._signing_key
+            write_mark(self.mark_path, key, mark_of(str(self.node), head))
         return _to_ledger_entry(entry)
 
     def _first_key(self) -> ed25519.Ed25519PublicKey | None:
@@ -506,7 +509,8 @@ class Ledger:
         names the new key and carries the cumulative history, so a new key never resets epsilon.
 
         Every later entry must be signed by ``new_key`` (open the ledger with it afterwards);
-        the high-water mark is re-signed by it in the same hold of the lock.
+        the high-water mark is signed by it in the same write, so a crash leaves a ledger and a
+        mark that both name the new key.
         """
         if self.node is None:
             raise LedgerError(f"{self.path}: an empty ledger has nothing to rotate; use the key")
@@ -517,11 +521,7 @@ class Ledger:
                 **rotation_body_field(new_key.public_key()),
                 "history": [list(h) for h in carried],
             }
-            entry = self._append_locked(lambda _entries: body)
-            if self.mark_path is not None:
-                head = ChainHead(entry.hash, entry.seq + 1)
-                write_mark(self.mark_path, new_key, mark_of(str(self.node), head))
-        return entry
+            return self._append_locked(lambda _entries: body, mark_key=new_key)
 
     def _write_signer_file(self) -> None:
         """Write ``signer.pub`` once, after the chain verified with this key (or is empty)."""

@@ -60,9 +60,14 @@ def site_stats(labels: np.ndarray, probs: np.ndarray, loss_bound: float) -> Site
         raise ReleaseError(f"loss bound {loss_bound} must be > 0")
     if len(labels) == 0:
         return SiteStats(0.0, 0.0, 0.0, loss_bound)
-    picked = probs[np.arange(len(labels)), labels]
+    # A crafted model can overflow on chosen rows; NaN survives any noise, so a row whose
+    # prediction is not finite counts as wrong, at the loss bound, like any bad prediction.
+    finite = np.all(np.isfinite(probs), axis=1)
+    safe = np.where(finite[:, None], probs, 0.0)
+    picked = safe[np.arange(len(labels)), labels]
     losses = np.clip(-np.log(np.clip(picked, 1e-12, 1.0)), 0.0, loss_bound)
-    correct = float(np.sum(np.argmax(probs, axis=1) == labels))
+    losses = np.where(finite, losses, loss_bound)
+    correct = float(np.sum(finite & (np.argmax(safe, axis=1) == labels)))
     return SiteStats(float(len(labels)), correct, float(np.sum(losses)), loss_bound)
 
 

@@ -33,7 +33,7 @@ from fedmodel.privacy.budget import Cap, check_spend, cumulative_epsilon
 from fedmodel.privacy.ledger import MECHANISM, NO_DP, Ledger, LedgerEntry, unbounded
 
 SpendKind = Literal["round", "release"]
-_SEED_LABEL = b"fedmodel/dp-seed/v2\x00"
+_SEED_LABEL = b"fedmodel/dp-seed/v3\x00"
 
 
 class SpendError(FedmodelError):
@@ -66,6 +66,7 @@ class SpendPlan:
     planned_rounds: int | None = None
     run_target_epsilon: float | None = None
     accountant: AccountantName = "prv"
+    request_digest: bytes = b""  # SHA-256 of the signed request this spend answers
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class SiteRules:
 
     cap: Cap | None
     policy: Mapping[str, Any] = field(default_factory=dict)
+    quiet: bool = False  # the site keeps its row count private: refusals carry no figures
 
     def cap_pair(self) -> tuple[float, float] | None:
         return None if self.cap is None else (float(self.cap.epsilon), float(self.cap.delta))
@@ -109,11 +111,14 @@ def reserve(
         if policy is not None:
             bodies.append(policy)
         reason, projected = _refusal(entries, plan, history, site)
+        if reason is not None and site.quiet:  # epsilons are functions of the site's n
+            reason, projected = _quiet(reason), None
         if reason is not None:
             outcome.update(reason=reason, projected=projected)
             return [*bodies, ledger.refusal_body(plan.run_id, plan.round, reason, projected)]
         position = len(entries) + len(bodies)
-        outcome["seed"] = derive_seed(seed_secret, position)
+        previous = entries[-1].hash if entries else ""
+        outcome["seed"] = derive_seed(seed_secret, position, previous, plan.request_digest)
         spend = ledger.spend_body(
             plan.kind, plan.run_id, plan.round,
             noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
@@ -155,16 +160,20 @@ def refuse(
     return ledger.append_decided(decide)[-1]
 
 
-def derive_seed(secret: bytes, position: int) -> int:
-    """The seed of the spend at ledger ``position``: unique per node and position.
+def derive_seed(secret: bytes, position: int, previous: str, request: bytes) -> int:
+    """The seed of a spend: from the node's key, the ledger state it follows and the request.
 
     From the node's private key, so the server, which chooses ``train.seed``, cannot regenerate
-    the noise (with ``dp.secure_mode`` Opacus draws from a CSPRNG instead); from the position the
-    reservation holds, so no two spends of a node ever share a stream; reproducible from the
-    node's own disk, which is what makes simulations comparable.
+    the noise (with ``dp.secure_mode`` Opacus draws from a CSPRNG instead). From the ledger
+    position and the hash before it, so no two spends of one ledger share a stream. From the
+    request's digest, so that even a ledger put back to an earlier state (a restored backup)
+    can only ever repeat a stream for the very same request, model included, whose answer is
+    then the very same update: nothing to subtract.
     """
-    digest = hashlib.sha256(_SEED_LABEL + secret + position.to_bytes(8, "big")).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    material = b"".join(
+        (_SEED_LABEL, secret, position.to_bytes(8, "big"), previous.encode(), request)
+    )
+    return int.from_bytes(hashlib.sha256(material).digest()[:8], "big") >> 1
 
 
 # --- the decision ----------------------------------------------------------------------------
@@ -222,6 +231,19 @@ def _refusal(
         if reason is not None:
             return reason, projected
     return None, projected
+
+
+def _quiet(reason: str) -> str:
+    """The kind of a refusal without its figures."""
+    for marker, kind in (
+        ("already spent", "a request is answered once"),
+        ("past the run's plan", "round past the run's plan"),
+        ("cap", "this round would pass the site's cap"),
+        ("target", "this round would pass the run's target epsilon"),
+    ):
+        if marker in reason:
+            return kind
+    return "refused by the site's budget"
 
 
 def _same_spend(entries: list[LedgerEntry], plan: SpendPlan) -> LedgerEntry | None:

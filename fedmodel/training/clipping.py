@@ -216,6 +216,28 @@ class BookKeepingDPOptimizer(DPOptimizerFastGradientClipping):
                 p.summed_grad = p.grad.detach()
 
 
+def _finite_examples(losses: Tensor, pairs: list[tuple[nn.Module, Tensor, Tensor]]) -> Tensor:
+    """``[B]`` mask of the examples whose loss, activations and output gradients are finite.
+
+    A model chosen to overflow on some rows would otherwise put NaN into the clipped sum, and
+    NaN survives any noise: the update would reveal which rows overflowed. A dropped example
+    contributes zero, which is within the clipping bound, so the guarantee is unchanged.
+    """
+    keep = torch.isfinite(losses.detach())
+    for _, a, g in pairs:
+        keep &= torch.isfinite(a.flatten(1)).all(1) & torch.isfinite(g.flatten(1)).all(1)
+    return keep
+
+
+def _rows(t: Tensor, keep: Tensor) -> Tensor:
+    """``t`` with the rows of dropped examples set to zero (a ``where``, not a product: 0 times
+    NaN is NaN)."""
+    if bool(keep.all()):
+        return t
+    mask = keep.view(-1, *([1] * (t.dim() - 1)))
+    return torch.where(mask, t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
 class BookKeepingClipper:
     """Clipped per-sample gradient sums from one backward pass (see module docstring).
 
@@ -258,11 +280,15 @@ class BookKeepingClipper:
         out_grads = torch.autograd.grad(loss_per_sample.sum(), outputs, allow_unused=True)
         n = loss_per_sample.shape[0]
         sq = torch.zeros(n, dtype=loss_per_sample.dtype, device=loss_per_sample.device)
+        pairs = [
+            (m, records[m][0], g.detach())
+            for m, g in zip(layers, out_grads, strict=True)
+            if g is not None
+        ]  # fmt: skip  (None: the layer's output does not reach the loss)
+        keep = _finite_examples(loss_per_sample, pairs)
         terms: list[_LayerGrads] = []
-        for layer, g in zip(layers, out_grads, strict=True):
-            if g is None:  # layer output does not reach the loss: zero gradient
-                continue
-            term = _layer_terms(layer, records[layer][0], g.detach())
+        for layer, a, g in pairs:
+            term = _layer_terms(layer, _rows(a, keep), _rows(g, keep))
             sq = sq + term.sq_norms.to(sq.dtype)
             terms.append(term)
         norms = sq.sqrt()

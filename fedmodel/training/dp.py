@@ -141,6 +141,8 @@ class PrivateTraining:
 
     def step(self) -> bool:
         """Optimizer step (noise, accounting); False when it only accumulated a physical batch."""
+        if self.clipping == "per-sample":
+            zero_nonfinite_examples(self.optimizer.params)
         before = self.steps_taken()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -305,6 +307,24 @@ def _make_fast(
         _cleanup=clipper.remove,
         **common,
     )
+
+
+def zero_nonfinite_examples(params: list[torch.nn.Parameter]) -> None:
+    """Opacus hooks mode: an example with any non-finite per-sample gradient contributes zero
+    (as ``fedmodel.training.clipping`` does for ``fast``); NaN would survive the noise."""
+    samples = [p.grad_sample for p in params if getattr(p, "grad_sample", None) is not None]
+    if not samples:
+        return
+    keep = torch.ones(samples[0].shape[0], dtype=torch.bool, device=samples[0].device)
+    for gs in samples:
+        keep &= torch.isfinite(gs.flatten(1)).all(1)
+    if bool(keep.all()):
+        return
+    for p in params:
+        gs = getattr(p, "grad_sample", None)
+        if gs is not None:
+            mask = keep.view(-1, *([1] * (gs.dim() - 1)))
+            p.grad_sample = torch.where(mask, gs, torch.zeros((), dtype=gs.dtype))
 
 
 def _per_sample_backward(
