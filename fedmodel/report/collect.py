@@ -3,7 +3,9 @@
 Order matters: every ledger is verified before anything is computed, so a tampered or truncated
 ledger stops the report (``ReportError``, exit 2) instead of producing a document with a caveat
 nobody reads. After that, each client's epsilon is recomputed from the signed history, never
-copied from what the site or the server wrote down; the recorded values are only compared.
+copied from what the site or the server wrote down; the recorded values are only compared. Caps
+and policies come from the sites' signed ``policy`` entries (:mod:`fedmodel.report.signed`), and
+what left each site from its signed spends (:mod:`fedmodel.report.released`).
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from fedmodel import __version__
 from fedmodel.config import NEIGHBOURING_SENSITIVITY
 from fedmodel.nodenames import NODE_NAME_RULE, is_node_name
 from fedmodel.privacy.budget import cumulative_epsilon
+from fedmodel.privacy.ledger import unbounded
 from fedmodel.report import fmt
 from fedmodel.report.audit import audit_summary, audit_warnings
 from fedmodel.report.crosscheck import DEFAULT_TOLERANCE, cross_check, gaussian_rdp_epsilon
 from fedmodel.report.errors import ReportError
 from fedmodel.report.evidence import Evidence, TrainedRound, agrees, gather_evidence
 from fedmodel.report.ledgers import (
+    Head,
     VerifiedLedger,
     find_ledgers,
-    load_cap,
     load_registry,
     verify,
 )
@@ -35,22 +38,41 @@ from fedmodel.report.model import (
     Budget,
     CentralDP,
     ClientReport,
+    DeltaFlag,
     EpsilonPoint,
     LedgerStatus,
     Report,
+    SignedPolicy,
 )
-from fedmodel.report.narrative import dpia_sections, membership_tpr_bound, threat_model_sections
+from fedmodel.report.narrative import (
+    coverage_section,
+    dpia_sections,
+    membership_tpr_bound,
+    threat_model_sections,
+)
 from fedmodel.report.privacy_audit import read_privacy_audit
+from fedmodel.report.released import released_values, released_warnings
 from fedmodel.report.runfolder import (
     ClientRows,
     RunRecords,
     client_rows,
+    eval_rows,
+    evaluation_settings,
     heads_by_node,
     read_run,
     round_metrics,
     run_identity,
     strategy_settings,
     transport_settings,
+)
+from fedmodel.report.signed import (
+    cap_status,
+    delta_flags,
+    exceeds,
+    node_file_warnings,
+    signed_cap,
+    signed_policies,
+    spends_past_cap_in_force,
 )
 
 DEFAULT_DELTA = 1e-5  # DPConfig's default, for a client that never trained and a run without dp
@@ -70,13 +92,14 @@ def collect_report(
     """
     run_dir = Path(run_dir)
     records = read_run(run_dir)
-    rows = client_rows(records.rounds)
+    rows, evals = client_rows(records.rounds), eval_rows(records.rounds)
     registry = load_registry(registered_keys) if registered_keys is not None else None
-    verified = verify_all(find_ledgers(run_dir, ledgers), rows, registry)
-    accountant = str(records.dp.get("accountant", "prv"))
-    evidence = gather_evidence(records.run_id, rows, verified, accountant)
-    clients = [build_client(run_dir, ev, records.dp, accountant, tolerance) for ev in evidence]
+    verified = verify_all(find_ledgers(run_dir, ledgers), heads_by_node(rows, evals), registry)
+    accountant = run_accountant(records)
+    evidence = gather_evidence(records.run_id, rows, verified)
+    clients = [build_client(ev, records, accountant, tolerance, rows, evals) for ev in evidence]
     run, transport = run_identity(records.info), transport_settings(records.info)
+    evaluation = evaluation_settings(records.info)
     central = central_dp(records, tolerance)
     audit = audit_summary(run_dir)
     privacy, privacy_warnings = read_privacy_audit(
@@ -103,17 +126,29 @@ def collect_report(
         + audit_warnings(audit)
         + privacy_warnings,
         threat_model=threat_model_sections(transport, central),
-        dpia=dpia_sections(run, transport, central, clients),
+        dpia=dpia_sections(run, transport, central, clients, accountant),
         audit=audit,
         privacy_audit=privacy,
+        evaluation=evaluation,
+        coverage=coverage_section(clients, accountant, evaluation),
     )
 
 
+def run_accountant(records: RunRecords) -> str:
+    """The accountant the run used (``dp.accountant``): the one the sites checked their caps
+    with; the ledger signs its figure as ``epsilon`` (PRV) or ``epsilon_rdp`` (RDP)."""
+    accountant = str(records.dp.get("accountant", "prv"))
+    if accountant not in ("prv", "rdp"):
+        raise ReportError(f"run.json: dp.accountant {accountant!r} is neither 'prv' nor 'rdp'")
+    return accountant
+
+
 def verify_all(
-    paths: list[Path], rows: ClientRows, registry: Mapping[str, Path] | None = None
+    paths: list[Path],
+    heads: Mapping[str, Sequence[Head]],
+    registry: Mapping[str, Path] | None = None,
 ) -> dict[str, VerifiedLedger]:
     """Verify every ledger before any is used; two ledgers claiming one node is also an error."""
-    heads = heads_by_node(rows)
     out: dict[str, VerifiedLedger] = {}
     for path in paths:
         ledger = verify(path, heads, registry)
@@ -149,19 +184,31 @@ def run_warnings(records: RunRecords) -> list[str]:
 
 
 def build_client(
-    run_dir: Path, ev: Evidence, dp: dict[str, Any], accountant: str, tolerance: float
+    ev: Evidence,
+    records: RunRecords,
+    accountant: str,
+    tolerance: float,
+    rows: ClientRows,
+    evals: ClientRows,
 ) -> ClientReport:
-    """Recompute the client's epsilon from its history and judge it against its own cap."""
-    delta = _delta(ev, dp)
+    """Recompute the client's epsilon from its history and judge it against its signed cap."""
+    delta = _delta(ev, records.dp)
     signed = cumulative_epsilon(ev.history, delta, "prv")
     signed_rdp = cumulative_epsilon(ev.history, delta, "rdp")
-    last = ev.trained[-1] if ev.trained else None
-    agree = _records_agree(ev, last, signed, signed_rdp)
-    # One noiseless round voids the guarantee, whatever the signed history says.
-    eps, eps_rdp = (math.inf, math.inf) if ev.unprotected else (signed, signed_rdp)
-    cap = load_cap(run_dir, ev.ledger, ev.node)
-    spent = _epsilon_against_cap(ev.history, delta, eps, cap)
-    exceeded = cap is not None and spent is not None and spent > cap.epsilon
+    # One noiseless release voids the guarantee, whatever the signed history says.
+    no_bound = bool(ev.unprotected) or unbounded(ev.entries)
+    eps, eps_rdp = (math.inf, math.inf) if no_bound else (signed, signed_rdp)
+    agree = _records_agree(ev, delta, (eps, eps_rdp), no_bound)
+    accounted = eps_rdp if accountant == "rdp" else eps
+    policies = signed_policies(ev.entries)
+    current = policies[-1] if policies else None
+    cap = signed_cap(current)
+    spent = _epsilon_against_cap(ev.history, delta, accounted, cap, accountant)
+    exceeded = cap is not None and spent is not None and exceeds(spent, cap)
+    past = spends_past_cap_in_force(ev.entries, policies, accountant)
+    flags = delta_flags(ev.entries, policies)
+    ev.warnings += _signed_findings(ev, current, past, flags)
+    ev.warnings += released_warnings(ev.node, records.run_id, ev.entries, policies, rows, evals)
     return ClientReport(
         node=ev.node,
         partition_id=ev.partition_id,
@@ -173,7 +220,7 @@ def build_client(
         noise_multipliers=_distinct(t.noise_multiplier for t in ev.trained),
         max_grad_norms=_distinct(t.max_grad_norm for t in ev.trained),
         sample_rates=_distinct(t.sample_rate for t in ev.trained),
-        steps=sum(int(h[2]) for h in ev.history),
+        steps=sum(t.steps for t in ev.trained),
         dataset_size=next((t.dataset_size for t in reversed(ev.trained) if t.dataset_size), None),
         history=ev.history,
         history_source="ledger" if ev.ledger else "metrics (unsigned)",
@@ -185,16 +232,54 @@ def build_client(
         epsilon_against_cap=spent,
         remaining_epsilon=None if cap is None or spent is None else cap.epsilon - spent,
         budget_exceeded=exceeded,
-        verdict=_verdict(cap, spent, exceeded),
+        verdict=_verdict(cap, spent, exceeded, accountant, current is not None, past),
         crosscheck=cross_check(ev.history, delta, epsilon_prv=signed, tolerance=tolerance),
-        membership_tpr_bound=membership_tpr_bound(eps, delta),
-        recorded_epsilon=last.epsilon if last else None,
+        membership_tpr_bound=membership_tpr_bound(accounted, delta),
+        recorded_epsilon=_recorded(ev.last_spend, accountant),
         records_agree=agree,
         ledger=_ledger_status(ev.ledger),
         epsilon_by_round=[
-            EpsilonPoint(t.round, t.epsilon) for t in ev.trained if t.epsilon is not None
+            EpsilonPoint(t.round, e)
+            for t in ev.trained
+            if (e := _recorded(t, accountant)) is not None
         ],
+        epsilon_accounted=accounted,
+        cap_status=cap_status(current),
+        policy=current,
+        policy_entries=[p.entry for p in policies],
+        spends_past_cap_in_force=past,
+        unbounded=no_bound,
+        delta_flags=flags,
+        released=released_values(records.run_id, ev.entries, policies, accountant),
     )
+
+
+def _recorded(t: TrainedRound | None, accountant: str) -> float | None:
+    """The cumulative epsilon the site signed with a round, by the run's accountant."""
+    if t is None:
+        return None
+    return t.epsilon_rdp if accountant == "rdp" else t.epsilon
+
+
+def _signed_findings(
+    ev: Evidence, current: SignedPolicy | None, past: list[int], flags: list[DeltaFlag]
+) -> list[str]:
+    """Warnings from the signed entries: node.toml disagreeing, caps passed, deltas too large."""
+    node_file = ev.ledger.node_file if ev.ledger is not None else None
+    out = node_file_warnings(ev.node, node_file, current)
+    if past:
+        out.append(
+            f"{ev.node}: ledger entries {past} spent past the cap the site had signed when each "
+            "was decided (its software did not enforce its own cap)"
+        )
+    out += [
+        f"{ev.node}: entry {f.entry} (run {f.run_id}, round {f.round}, {f.kind}) uses delta "
+        f"{fmt.num(f.delta)}, above 1/(10 n) = {fmt.num(f.limit)} for its {f.dataset_size} rows, "
+        "and no signed max_delta allowed it"
+        for f in flags
+        if f.allowed_by is None
+    ]
+    return out
 
 
 def _delta(ev: Evidence, dp: dict[str, Any]) -> float:
@@ -208,29 +293,54 @@ def _delta(ev: Evidence, dp: dict[str, Any]) -> float:
 
 
 def _epsilon_against_cap(
-    history: list[list[float]], delta: float, eps: float, cap: Budget | None
+    history: list[list[float]], delta: float, eps: float, cap: Budget | None, accountant: str
 ) -> float | None:
-    """A cap is an (epsilon, delta) pair, so spend is measured at the cap's delta, as the site's
-    budget check does."""
+    """A cap is an (epsilon, delta) pair, so spend is measured at the cap's delta, by the run's
+    accountant, as the site's budget check does; ``inf`` once a release had no DP."""
     if cap is None:
         return None
     if cap.delta == delta or math.isinf(eps):
         return eps
-    return cumulative_epsilon(history, cap.delta, "prv")
+    return cumulative_epsilon(history, cap.delta, accountant)  # type: ignore[arg-type]
 
 
-def _verdict(cap: Budget | None, spent: float | None, exceeded: bool) -> str:
+def _verdict(
+    cap: Budget | None,
+    spent: float | None,
+    exceeded: bool,
+    accountant: str,
+    signed: bool,
+    past: list[int],
+) -> str:
     if cap is None or spent is None:
-        return "budget exceeded: no (no cap configured)"
-    if exceeded:
-        return f"budget exceeded: YES (epsilon {spent:.4g} > cap {cap.epsilon:.4g})"
-    return f"budget exceeded: no (epsilon {spent:.4g} of cap {cap.epsilon:.4g})"
+        why = "the site signed no cap" if signed else "no signed cap: the ledger has no policy"
+        return f"budget exceeded: no ({why})"
+    figure = (
+        f"epsilon {fmt.num(spent)} ({accountant.upper()}, δ {fmt.num(cap.delta)}) "
+        f"{'>' if exceeded else 'of'} signed cap {fmt.num(cap.epsilon)}, ledger entry {cap.entry}"
+    )
+    if math.isinf(spent):
+        figure = f"epsilon unbounded (a release without DP) > signed cap {fmt.num(cap.epsilon)}"
+    verdict = f"budget exceeded: {'YES' if exceeded else 'no'} ({figure})"
+    if past:
+        verdict += f"; entries {past} were decided past the cap then in force"
+    return verdict
 
 
-def _records_agree(ev: Evidence, last: TrainedRound | None, eps: float, eps_rdp: float) -> bool:
-    """Did the site record the epsilon its history implies, by both accountants?"""
+def _records_agree(
+    ev: Evidence, delta: float, ours_at_delta: tuple[float, float], no_bound: bool
+) -> bool:
+    """Did the site record, with its last spend, the epsilon its whole history implies, by both
+    accountants? Compared at that spend's own delta (a release after the last round counts)."""
+    last = ev.last_spend
     if last is None:
         return True
+    at = last.delta or delta
+    if at == delta or no_bound:
+        eps, eps_rdp = ours_at_delta
+    else:
+        eps = cumulative_epsilon(ev.history, at, "prv")
+        eps_rdp = cumulative_epsilon(ev.history, at, "rdp")
     pairs = [(last.epsilon, eps), (last.epsilon_rdp, eps_rdp)]
     ok = all(
         (math.isinf(ours) if recorded is None else agrees(recorded, ours))
@@ -239,7 +349,8 @@ def _records_agree(ev: Evidence, last: TrainedRound | None, eps: float, eps_rdp:
     if not ok:
         ev.warnings.append(
             f"{ev.node}: the site recorded epsilon {last.epsilon} (PRV) / {last.epsilon_rdp} "
-            f"(RDP) after round {last.round}; its history gives {eps:.6g} / {eps_rdp:.6g}"
+            f"(RDP) with its last spend (round {last.round}); its history gives {eps:.6g} / "
+            f"{eps_rdp:.6g}"
         )
     return ok
 

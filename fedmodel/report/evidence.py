@@ -49,10 +49,18 @@ class Evidence:
     ledger: VerifiedLedger | None = None
     unprotected: list[int] = field(default_factory=list)  # rounds trained without DP noise
     warnings: list[str] = field(default_factory=list)
+    # the last spend with the cumulative epsilon it recorded (any run, any kind; metrics: the
+    # last trained row)
+    last_spend: TrainedRound | None = None
+
+    @property
+    def entries(self) -> tuple[LedgerEntry, ...]:
+        """The verified ledger's entries; none for a site known only from metrics."""
+        return self.ledger.entries if self.ledger is not None else ()
 
 
 def gather_evidence(
-    run_id: str, rows: ClientRows, ledgers: dict[str, VerifiedLedger], accountant: str
+    run_id: str, rows: ClientRows, ledgers: dict[str, VerifiedLedger]
 ) -> list[Evidence]:
     """One ``Evidence`` per node seen in the metrics or the ledgers, in node order."""
     out = []
@@ -60,7 +68,7 @@ def gather_evidence(
         node_rows = rows.get(node, [])
         if node in ledgers:
             ev = from_ledger(run_id, ledgers[node])
-            compare_with_metrics(ev, node_rows, accountant)
+            compare_with_metrics(ev, node_rows)
         else:
             ev = from_metrics(node, node_rows)
         ev.partition_id = _partition_id(node_rows)
@@ -82,13 +90,18 @@ def node_sort_key(node: str) -> tuple[str, int]:
 
 
 def from_ledger(run_id: str, ledger: VerifiedLedger) -> Evidence:
+    """Spends and refusals from the signed entries; every other kind (commit, policy,
+    rotation) records something else and is never read as a trained or refused round."""
     ev = Evidence(node=ledger.node, ledger=ledger)
     other_runs: set[str] = set()
     for entry in ledger.entries:
         same_run = entry.run_id == run_id
         if entry.spends:
             ev.history += [list(h) for h in entry.history]
-            if same_run and entry.kind == "round" and entry.mechanism != NO_DP:
+            ev.last_spend = _trained_from_entry(entry)
+            if same_run and entry.kind == "round" and entry.mechanism == NO_DP:
+                ev.unprotected.append(entry.round)
+            elif same_run and entry.kind == "round":
                 ev.trained.append(_trained_from_entry(entry))
             elif not same_run:
                 other_runs.add(entry.run_id)
@@ -110,7 +123,7 @@ def _trained_from_entry(e: LedgerEntry) -> TrainedRound:
         mechanism=e.mechanism,
         noise_multiplier=float(e.noise_multiplier or 0.0),
         sample_rate=float(e.sample_rate or 0.0),
-        steps=int(e.steps or 0),
+        steps=int(e.history[0][2]) if e.history else int(e.steps or 0),  # DP-SGD's, no release
         max_grad_norm=e.max_grad_norm,
         delta=e.delta,
         dataset_size=e.dataset_size,
@@ -129,6 +142,7 @@ def from_metrics(node: str, rows: MetricsRows) -> Evidence:
         ev.trained.append(trained)
         ev.history.append([trained.noise_multiplier, trained.sample_rate, trained.steps])
     ev.warnings.append(f"{node}: no ledger found; history taken from metrics.jsonl (unsigned)")
+    ev.last_spend = ev.trained[-1] if ev.trained else None
     return ev
 
 
@@ -148,11 +162,13 @@ def _trained_from_row(rnd: int, c: dict[str, Any]) -> TrainedRound:
 
 
 def _find_unprotected(ev: Evidence, rows: MetricsRows) -> None:
-    """A round the server saw trained without noise has no DP guarantee at all (epsilon = inf);
-    the ledger cannot show it, since only DP rounds are signed, so the metrics must."""
-    ev.unprotected = [
+    """A round trained without noise has no DP guarantee at all (epsilon = inf): the ledger signs
+    it (mechanism ``none``), and a round the server saw without noise counts too, signed or not
+    (a site running other code may not have signed it)."""
+    seen = [
         rnd for rnd, c in rows if c.get("status") == "ok" and not _number(c.get("noise_multiplier"))
     ]
+    ev.unprotected = sorted({*ev.unprotected, *seen})
     if ev.unprotected:
         ev.warnings.append(
             f"{ev.node}: trained without DP noise in rounds {ev.unprotected}: "
@@ -160,23 +176,26 @@ def _find_unprotected(ev: Evidence, rows: MetricsRows) -> None:
         )
 
 
-def compare_with_metrics(ev: Evidence, rows: MetricsRows, accountant: str) -> None:
+def compare_with_metrics(ev: Evidence, rows: MetricsRows) -> None:
     """The server's per-round record must tell the same story as the site's signed one."""
     served = {rnd: c for rnd, c in rows if c.get("status") == "ok"}
     signed = {t.round: t for t in ev.trained}
-    if sorted(served) != sorted(signed):
+    if sorted(served) != sorted({*signed, *ev.unprotected}):
         ev.warnings.append(
             f"{ev.node}: rounds trained per metrics.jsonl {sorted(served)} differ from the "
-            f"ledger's {sorted(signed)}"
+            f"ledger's {sorted({*signed, *ev.unprotected})}"
         )
     for rnd in sorted(served.keys() & signed.keys()):
-        theirs = _number(served[rnd].get("epsilon"))
-        ours = signed[rnd].epsilon_rdp if accountant == "rdp" else signed[rnd].epsilon
-        if theirs is not None and ours is not None and not agrees(theirs, ours):
-            ev.warnings.append(
-                f"{ev.node}: round {rnd}: metrics.jsonl epsilon {theirs:.6g} differs from the "
-                f"ledger's {ours:.6g}"
-            )
+        # a reply carries both figures under the ledger's names, whichever accountant the run
+        # used: compare each with its own
+        for key in ("epsilon", "epsilon_rdp"):
+            theirs = _number(served[rnd].get(key))
+            ours = getattr(signed[rnd], key)
+            if theirs is not None and ours is not None and not agrees(theirs, ours):
+                ev.warnings.append(
+                    f"{ev.node}: round {rnd}: metrics.jsonl {key} {theirs:.6g} differs from the "
+                    f"ledger's {ours:.6g}"
+                )
 
 
 def agrees(recorded: float, recomputed: float) -> bool:

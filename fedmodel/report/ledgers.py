@@ -1,10 +1,16 @@
-"""Find and verify the per-client privacy ledgers a report is built from, and read node caps.
+"""Find and verify the per-client privacy ledgers a report is built from.
 
 The ledgers are the signed record of what each site spent, so nothing in the report may come
 from a ledger that failed verification: every ledger is verified (hash chain, Ed25519
 signatures, entry bodies, and the heads the server recorded in metrics.jsonl, which catch a cut
 or re-signed tail) before a single number is used. Any failure is a ``ReportError`` naming the
 ledger and its first broken entry.
+
+A site's cap and policy are read from its ledger's signed ``policy`` entries
+(:mod:`fedmodel.report.signed`), never from ``node.toml``: anyone with the site's disk can edit
+that file after the fact. ``node.toml`` is read for two things only: where the site's public
+signing key lies (when no ``--keys`` registry is given), and what it says about the cap and
+policy *now*, so that a file that disagrees with the last signed entry can be named in a warning.
 """
 
 from __future__ import annotations
@@ -15,12 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmodel.crypto.keys import registered_verify_keys
+from fedmodel.crypto.keys import load_verify_key, registered_verify_keys
 from fedmodel.errors import FedmodelError
-from fedmodel.nodenames import is_node_name
 from fedmodel.privacy.ledger import LEDGER_FILE, LedgerEntry, VerifyReport, verify_ledger
 from fedmodel.report.errors import ReportError
-from fedmodel.report.model import Budget
 
 NODE_FILE = "node.toml"
 DEFAULT_SIGNING_KEY = "keys/signing.ed25519"  # NodeConfig's default, relative to node.toml
@@ -30,11 +34,13 @@ Head = dict[str, Any]  # {"hash", "count"}: a node's ledger head as the server r
 
 @dataclass(frozen=True)
 class NodeFile:
-    """What the report needs from a site's ``node.toml``: its cap and its signing key."""
+    """What the report reads from a site's ``node.toml``: where its signing key is, and (only
+    to compare with the signed entries, never to use) the cap and policy the file states now."""
 
     path: Path
-    cap: Budget | None
     public_key: Path | None
+    unsigned_cap: tuple[float, float] | None
+    unsigned_policy: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ def verify(
     site that re-signed its ledger with a new key (and replaced ``signer.pub``) fails there.
     """
     node_file = find_node_file(near_ledger(path))
-    key = node_file.public_key if node_file else None
+    key = _first_key(path, node_file.public_key if node_file else None)
     result = _checked(path, key, None)
     if not result.node:
         raise ReportError(f"ledger {path}: empty, no entries to report")
@@ -108,6 +114,26 @@ def verify(
         heads_checked=result.heads_checked,
         node_file=node_file,
     )
+
+
+def _first_key(path: Path, node_key: Path | None) -> Path | None:
+    """The key to verify the chain from: the node's key named in ``node.toml``, unless the
+    site rotated its key (``fedmodel keys rotate``). Then node.toml names the *current* key and
+    the chain starts with the ledger's ``signer.pub``; that one is used, and only if the chain's
+    last rotation hands over to the node's key (else the node's key is used, and fails)."""
+    if node_key is None:
+        return None
+    try:
+        if verify_ledger(path, public_key=node_key).ok:
+            return node_key
+        from_first = verify_ledger(path)
+        current = load_verify_key(node_key).public_bytes_raw().hex()
+    except FedmodelError:
+        return node_key
+    rotations = [e for e in from_first.entries if e.kind == "rotation"]
+    if from_first.ok and rotations and rotations[-1].rotate_to == current:
+        return None
+    return node_key
 
 
 def load_registry(directory: Path) -> dict[str, Path]:
@@ -143,43 +169,29 @@ def near_ledger(ledger_path: Path) -> list[Path]:
     return [ledger_path.parent / NODE_FILE, ledger_path.parent.parent / NODE_FILE]
 
 
-def load_cap(run_dir: Path, ledger: VerifiedLedger | None, node: str) -> Budget | None:
-    """The node's own cap from ``node.toml`` ``[budget]``; ``None`` when it sets none.
-
-    The file found beside the ledger wins (the site's own disk), then ``RUN_DIR/nodes/<node>``,
-    only for a name that follows the node-name rule: ``node`` comes from a reply or a ledger,
-    and ``..`` or ``/etc`` would otherwise read a file outside the run folder as a site's cap.
-    """
-    if ledger is not None and ledger.node_file is not None:
-        return ledger.node_file.cap
-    if not is_node_name(node):
-        return None
-    node_file = find_node_file([run_dir / "nodes" / node / NODE_FILE])
-    return node_file.cap if node_file else None
-
-
 def read_node_file(path: Path) -> NodeFile:
-    """Parse ``node.toml`` leniently: only ``[budget]`` and ``signing_key`` matter here."""
+    """Parse ``node.toml`` leniently: ``signing_key`` locates the key; ``[budget]`` and
+    ``[policy]`` are kept as the file states them, for comparison with the signed entries only
+    (a malformed budget there is "no cap stated", not an error: it decides nothing here)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise ReportError(f"{path}: unreadable node config: {err}") from None
     signing = path.parent / str(data.get("signing_key", DEFAULT_SIGNING_KEY))
     public = signing.with_name(signing.name + ".pub")
+    policy = data.get("policy")
     return NodeFile(
         path=path,
-        cap=_parse_cap(path, data.get("budget")),
         public_key=public if public.is_file() else None,
+        unsigned_cap=_stated_cap(data.get("budget")),
+        unsigned_policy=dict(policy) if isinstance(policy, dict) else {},
     )
 
 
-def _parse_cap(path: Path, budget: Any) -> Budget | None:
-    if not isinstance(budget, dict) or budget.get("epsilon") is None:
+def _stated_cap(budget: Any) -> tuple[float, float] | None:
+    if not isinstance(budget, dict):
         return None
     try:
-        epsilon, delta = float(budget["epsilon"]), float(budget["delta"])
+        return float(budget["epsilon"]), float(budget["delta"])
     except (KeyError, TypeError, ValueError):
-        raise ReportError(f"{path}: budget: needs numeric epsilon and delta") from None
-    if epsilon <= 0 or not 0 < delta < 1:
-        raise ReportError(f"{path}: budget: epsilon > 0 and 0 < delta < 1 required")
-    return Budget(epsilon=epsilon, delta=delta, source=str(path))
+        return None

@@ -7,19 +7,81 @@ built-in types so ``to_dict`` is a lossless, machine-readable copy (``report.jso
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-SCHEMA_VERSION = "1"
+# 2: caps from signed policy entries (cap.entry, cap_status, policy), steps = DP-SGD steps of
+# this run, released values, delta flags, evaluation, coverage
+SCHEMA_VERSION = "2"
 
 
 @dataclass(frozen=True)
 class Budget:
-    """A node's cap as the data owner set it in ``node.toml``; absent means no cap."""
+    """A site's cap as it signed it into its ledger (a ``policy`` entry); absent means none.
+
+    ``source`` names the signed entry ("signed policy, ledger entry 5"): a cap is only ever read
+    from a signature, never from a ``node.toml`` anyone with the site's disk can edit.
+    """
 
     epsilon: float
     delta: float
     source: str
+    entry: int | None = None  # the policy entry's position in the ledger
+
+
+@dataclass(frozen=True)
+class SignedPolicy:
+    """One ``policy`` entry: the cap and the whole ``[policy]`` table a site signed, in force
+    for every decision after it until the next one."""
+
+    entry: int
+    time: str
+    run_id: str
+    cap_epsilon: float | None
+    cap_delta: float | None
+    policy: dict[str, Any]
+    policy_sha256: str | None
+
+
+@dataclass(frozen=True)
+class DeltaFlag:
+    """A spend whose delta is large for the rows it protects (``n`` = its dataset size).
+
+    ``limit`` is ``1/(10 n)``; ``allowed_by`` names the signed ``max_delta`` that allowed a delta
+    above it (``None``: nothing did). ``at_least_one_over_n``: delta >= 1/n, flagged always.
+    """
+
+    entry: int
+    run_id: str
+    round: int
+    kind: str
+    delta: float
+    dataset_size: int
+    limit: float
+    allowed_by: str | None
+    at_least_one_over_n: bool
+
+
+@dataclass(frozen=True)
+class ReleasedValue:
+    """One kind of value that left a site in this run, and how it was protected.
+
+    ``what``: ``model-update``, ``train-metrics``, ``eval-counts`` (or another signed release
+    name), ``accounting-parameters``, ``ledger-heads``, ``refusals``. ``protection``: ``dp-sgd``,
+    ``gaussian``, ``none`` (no DP: unbounded), ``public-configuration`` or ``signed-record``.
+    ``entries``: the ledger entries that charged (or recorded) it.
+    """
+
+    what: str
+    label: str
+    protection: str
+    rounds: list[int]
+    entries: list[int]
+    detail: str
+    mechanism: str | None = None
+    noise_multiplier: float | None = None
+    flagged: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,10 +158,10 @@ class ClientReport:
     unprotected_rounds: list[int]  # trained without DP noise (metrics): epsilon is unbounded
     refusals: list[Refusal]
     failures: list[RoundFailure]
-    cap: Budget | None
-    epsilon_against_cap: float | None  # epsilon at the cap's delta (equals epsilon if same delta)
+    cap: Budget | None  # the current signed cap (the ledger's last policy entry)
+    epsilon_against_cap: float | None  # by the run's accountant at the cap's delta; inf: no DP
     remaining_epsilon: float | None
-    budget_exceeded: bool
+    budget_exceeded: bool  # the signed history against the current signed cap
     verdict: str
     crosscheck: CrossCheck
     membership_tpr_bound: float  # max TPR of any membership-inference attack at 1 % FPR
@@ -107,6 +169,14 @@ class ClientReport:
     records_agree: bool
     ledger: LedgerStatus
     epsilon_by_round: list[EpsilonPoint]
+    epsilon_accounted: float = math.inf  # by the accountant the run used (PRV or RDP)
+    cap_status: str = "unsigned"  # "signed", "uncapped" (signed, no cap), "unsigned" (none signed)
+    policy: SignedPolicy | None = None  # the current signed policy
+    policy_entries: list[int] = field(default_factory=list)  # every policy entry, in order
+    spends_past_cap_in_force: list[int] = field(default_factory=list)  # entries over their cap
+    unbounded: bool = False  # a spend without DP noise: no finite epsilon
+    delta_flags: list[DeltaFlag] = field(default_factory=list)
+    released: list[ReleasedValue] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -150,12 +220,27 @@ class CentralDP:
 
 @dataclass(frozen=True)
 class RoundMetrics:
-    """Server-side evaluation after one round plus who took part."""
+    """Server-side evaluation after one round plus who took part; ``federated``: the sites'
+    noised evaluation counts summed (accuracy, loss, count, num_sites, noised), if any."""
 
     round: int
     server: dict[str, float]
     participants: list[str]
     refused: list[str]
+    federated: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Where the model was evaluated (run.json ``evaluation``); ``server`` is ``public``,
+    ``none``, ``oracle`` (the sites' own held-out rows: a simulation-only oracle) or
+    ``not recorded``."""
+
+    server: str
+    server_data: str | None
+    federated: bool
+    federated_data: str | None
+    oracle: bool  # the server evaluated on the sites' rows: simulation only, flagged
 
 
 @dataclass(frozen=True)
@@ -205,6 +290,8 @@ class Report:
     dpia: list[Section]
     audit: AuditSummary | None = None  # None: the run folder has no audit log
     privacy_audit: PrivacyAuditSummary | None = None  # None: no privacy-audit.json
+    evaluation: Evaluation | None = None
+    coverage: Section | None = None  # what DP covers, at which delta, by which accountant
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy; dataclasses become dicts, nothing is rounded."""

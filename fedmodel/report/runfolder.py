@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedmodel.report.errors import ReportError
-from fedmodel.report.model import RoundMetrics, RunIdentity, Transport
+from fedmodel.report.model import Evaluation, RoundMetrics, RunIdentity, Transport
 from fedmodel.runlog import METRICS_FILE, parse_metrics
 
 ClientRows = dict[str, list[tuple[int, dict[str, Any]]]]  # node -> [(round, metrics row)]
@@ -77,21 +78,56 @@ def read_rounds(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def client_rows(rounds: list[dict[str, Any]]) -> ClientRows:
-    """metrics.jsonl regrouped per node."""
+    """metrics.jsonl's training replies regrouped per node."""
+    return _per_node((row["round"], row.get("clients")) for row in rounds)
+
+
+def eval_rows(rounds: list[dict[str, Any]]) -> ClientRows:
+    """The sites' federated-evaluation replies (``federated.sites``) regrouped per node."""
+    return _per_node(
+        (row["round"], federated.get("sites"))
+        for row in rounds
+        if isinstance(federated := row.get("federated"), dict)
+    )
+
+
+def _per_node(replies: Iterable[tuple[int, Any]]) -> ClientRows:
     out: ClientRows = defaultdict(list)
-    for row in rounds:
-        for client in row.get("clients") or []:
+    for rnd, clients in replies:
+        for client in clients if isinstance(clients, list) else []:
             if isinstance(client, dict) and client.get("node"):
-                out[str(client["node"])].append((row["round"], client))
+                out[str(client["node"])].append((rnd, client))
     return dict(out)
 
 
-def heads_by_node(rows: ClientRows) -> dict[str, list[dict[str, Any]]]:
-    """The ledger heads the server was shown, which pin each ledger against later rewriting."""
-    return {
-        node: [c["ledger_head"] for _, c in node_rows if isinstance(c.get("ledger_head"), dict)]
-        for node, node_rows in rows.items()
-    }
+def heads_by_node(*row_sets: ClientRows) -> dict[str, list[dict[str, Any]]]:
+    """The ledger heads the server was shown (with training and evaluation replies alike),
+    which pin each ledger against later rewriting."""
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rows in row_sets:
+        for node, node_rows in rows.items():
+            out[node] += [
+                c["ledger_head"] for _, c in node_rows if isinstance(c.get("ledger_head"), dict)
+            ]
+    return dict(out)
+
+
+def evaluation_settings(info: dict[str, Any]) -> Evaluation:
+    """run.json ``evaluation``; a run recorded before it existed says "not recorded"."""
+    ev = info.get("evaluation")
+    ev = ev if isinstance(ev, dict) else {}
+    server = str(ev.get("server") or "not recorded")
+
+    def text(key: str) -> str | None:
+        return None if ev.get(key) is None else str(ev[key])
+
+    return Evaluation(
+        server=server,
+        server_data=text("server_data"),
+        federated=ev.get("federated") is True,
+        federated_data=text("federated_data"),
+        oracle=server == "oracle",
+    )
 
 
 def run_identity(info: dict[str, Any]) -> RunIdentity:
@@ -139,13 +175,22 @@ def round_metrics(row: dict[str, Any]) -> RoundMetrics:
     clients = [c for c in row.get("clients") or [] if isinstance(c, dict)]
     server = row.get("server")
     server = server if isinstance(server, dict) else {}
+    federated = row.get("federated")
+    federated = federated if isinstance(federated, dict) else {}
     return RoundMetrics(
         round=row["round"],
-        server={
-            k: float(v)
-            for k, v in server.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        },
+        server=_numbers(server),
         participants=[str(c.get("node")) for c in clients if c.get("status") == "ok"],
         refused=[str(c.get("node")) for c in clients if c.get("status") == "refused"],
+        federated={**_numbers(federated), "noised": federated.get("noised") is True}
+        if federated
+        else {},
     )
+
+
+def _numbers(values: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }

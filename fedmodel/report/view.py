@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from fedmodel.report import fmt
-from fedmodel.report.model import CanaryFigures, PrivacyAuditSummary, Report, Section
+from fedmodel.report.model import (
+    CanaryFigures,
+    ClientReport,
+    PrivacyAuditSummary,
+    Report,
+    Section,
+)
 
 
 @dataclass(frozen=True)
@@ -63,9 +69,13 @@ def document(report: Report) -> list[Block]:
         Heading("1. Run identity", "run"),
         run_table(report),
         Heading("2. Privacy spent per site", "spend"),
+        *([report.coverage] if report.coverage else []),
         spend_table(report),
         Plot("epsilon", "Cumulative ε per site after each round it trained in."),
         parameters_table(report),
+        released_table(report),
+        policy_table(report),
+        *([delta] if (delta := delta_table(report)) else []),
         refusals_table(report),
         Heading("3. Can these records be trusted?", "trust"),
         crosscheck_table(report),
@@ -73,6 +83,7 @@ def document(report: Report) -> list[Block]:
         audit_table(report) or Note(AUDIT_ABSENT),
         *warnings(report),
         Heading("4. Model quality", "quality"),
+        *evaluation_blocks(report),
         Plot("accuracy", "Accuracy of the aggregated model after each round."),
         rounds_table(report),
         Heading("5. Transport, aggregation and threat model", "transport"),
@@ -94,17 +105,22 @@ def warnings(report: Report) -> list[Block]:
 
 
 def summary(report: Report) -> Section:
-    """The answers a reviewer came for, in four lines."""
+    """The answers a reviewer came for, one line each."""
     clients = report.clients
     verified = sum(c.ledger.verified for c in clients)
     exceeded = [c.node for c in clients if c.budget_exceeded]
     off = [c.node for c in clients if not c.crosscheck.within_tolerance]
+    accountants = ", ".join(sorted({c.accountant.upper() for c in clients})) or "PRV"
     return Section(
         title="Summary",
         bullets=[
             f"{len(clients)} sites; highest epsilon "
-            f"{fmt.num(max((c.epsilon for c in clients), default=None))} (Opacus PRV).",
-            "Budget exceeded: " + (f"YES — {', '.join(exceeded)}" if exceeded else "no site"),
+            f"{fmt.num(max((c.epsilon_accounted for c in clients), default=None))} "
+            f"(Opacus {accountants}, the run's accountant).",
+            "Budget exceeded (signed history against signed cap): "
+            + (f"YES — {', '.join(exceeded)}" if exceeded else "no site"),
+            "Released without DP (epsilon unbounded): "
+            + (", ".join(c.node for c in clients if c.unbounded) or "no site"),
             f"Ledgers verified: {verified} of {len(clients)} "
             "(hash chain, signatures, server-recorded heads)",
             "PRV vs PLD cross-check within "
@@ -112,8 +128,17 @@ def summary(report: Report) -> Section:
             + (f"NO — {', '.join(off)}" if off else "all sites"),
             f"Central (client-level) DP: {central_summary(report)}; "
             f"warnings: {len(report.warnings)}",
+            f"Model evaluated: {evaluation_summary(report)}",
         ],
     )
+
+
+def evaluation_summary(report: Report) -> str:
+    ev = report.evaluation
+    if ev is None:
+        return "not recorded"
+    server = EVALUATIONS.get(ev.server, ev.server)
+    return server + ("; federated evaluation from noised site counts" if ev.federated else "")
 
 
 def central_summary(report: Report) -> str:
@@ -148,9 +173,10 @@ def spend_table(report: Report) -> Table:
     rows = [
         [
             c.node,
-            fmt.num(c.epsilon),
+            fmt.num(c.epsilon_accounted),
+            c.accountant.upper(),
             fmt.num(c.delta),
-            fmt.num(c.cap.epsilon) if c.cap else "no cap",
+            cap_cell(c),
             fmt.num(c.remaining_epsilon),
             fmt.rounds(c.rounds),
             fmt.rounds(r.round for r in c.refusals),
@@ -159,12 +185,139 @@ def spend_table(report: Report) -> Table:
         for c in report.clients
     ]
     return Table(
-        title="Privacy spent per site (record-level DP-SGD)",
-        header=["Site", "ε (PRV)", "δ", "Cap ε", "Left ε", "Rounds", "Refused", "Exceeded"],
+        title="Privacy spent per site (record-level DP)",
+        header=[
+            "Site",
+            "ε",
+            "Accountant",
+            "δ",
+            "Signed cap ε",
+            "Left ε",
+            "Rounds",
+            "Refused",
+            "Exceeded",
+        ],
         rows=rows,
-        note="ε recomputed from each site's signed ledger history over all its rounds; "
-        "'Left' is cap minus ε measured at the cap's δ.",
-        flagged=[i for i, c in enumerate(report.clients) if c.budget_exceeded],
+        note="ε by the accountant the run used, recomputed from each site's signed ledger "
+        "history over all its spends (DP-SGD rounds and noised releases); 'Signed cap' is the "
+        "cap in the site's last signed policy entry (a node.toml is never read for it); "
+        "'Exceeded' judges the whole signed history against that cap at its δ, and 'Left' is "
+        "cap minus that ε.",
+        flagged=[i for i, c in enumerate(report.clients) if c.budget_exceeded or c.unbounded],
+    )
+
+
+def cap_cell(c: ClientReport) -> str:
+    if c.cap is not None:
+        return f"{fmt.num(c.cap.epsilon)} (entry {c.cap.entry})"
+    return "none (signed)" if c.cap_status == "uncapped" else "no signed cap"
+
+
+def released_table(report: Report) -> Table:
+    """Every value that left each site in this run, how it was protected, where it was charged."""
+    pairs = [(c, v) for c in report.clients for v in c.released]
+    rows = [
+        [
+            c.node,
+            v.label,
+            PROTECTIONS.get(v.protection, v.protection),
+            fmt.rounds(v.rounds),
+            fmt.rounds(v.entries) if v.entries else "—",
+            v.detail,
+        ]
+        for c, v in pairs
+    ]
+    return Table(
+        title="What left each site",
+        header=["Site", "Value", "Protection", "Rounds", "Ledger entries", "How"],
+        rows=rows,
+        note="From the sites' signed ledger entries (each spend names what it releases), "
+        "compared with the releases the server recorded in metrics.jsonl; any difference is "
+        "listed among the warnings."
+        if rows
+        else "No site's ledger records anything that left it in this run.",
+        flagged=[i for i, (_, v) in enumerate(pairs) if v.flagged],
+    )
+
+
+PROTECTIONS = {
+    "dp-sgd": "DP-SGD (record-level)",
+    "gaussian": "Gaussian release (record-level)",
+    "none": "NONE: no DP, ε unbounded",
+    "public-configuration": "public configuration",
+    "signed-record": "signed record, no DP",
+}
+
+
+def policy_table(report: Report) -> Table:
+    """The cap and policy each site signed, and whether it spent past a cap then in force."""
+    rows = [
+        [
+            c.node,
+            cap_cell(c),
+            fmt.num(c.cap.delta) if c.cap else "—",
+            fmt.rounds(c.policy_entries) if c.policy_entries else "none",
+            _policy_summary(c),
+            fmt.rounds(c.spends_past_cap_in_force) if c.spends_past_cap_in_force else "none",
+        ]
+        for c in report.clients
+    ]
+    return Table(
+        title="Signed caps and site policies",
+        header=["Site", "Cap ε", "Cap δ", "Policy entries", "Policy now", "Spent past cap"],
+        rows=rows,
+        note="Each site signs its cap and its whole [policy] table into its ledger whenever "
+        "either changes, before deciding under it; a spend is judged by the policy signed "
+        "before it. 'Spent past cap': spends that took the site past the cap in force when "
+        "they were decided (a site's own software would have refused them).",
+        flagged=[i for i, c in enumerate(report.clients) if c.spends_past_cap_in_force],
+    )
+
+
+def _policy_summary(c: ClientReport) -> str:
+    if c.policy is None:
+        return "no signed policy"
+    p = c.policy.policy
+    parts = [
+        f"require_dp {_yes(p.get('require_dp', True))}",
+        f"max_delta {fmt.num(p.get('max_delta')) if p.get('max_delta') else '1/(10 n)'}",
+        f"dataset size public {_yes(p.get('dataset_size_public', True))}",
+        f"shares train metrics {_yes(p.get('share_train_metrics', False))}",
+        f"shares eval counts {_yes(p.get('share_eval_metrics', False))}",
+    ]
+    return "; ".join(parts)
+
+
+def _yes(value: Any) -> str:
+    return "yes" if value is True else "no" if value is False else str(value)
+
+
+def delta_table(report: Report) -> Table | None:
+    """Spends whose delta is large for their rows; ``None`` when there are none."""
+    pairs = [(c, f) for c in report.clients for f in c.delta_flags]
+    if not pairs:
+        return None
+    rows = [
+        [
+            c.node,
+            str(f.entry),
+            f"{f.run_id} / {f.round}",
+            fmt.num(f.delta),
+            str(f.dataset_size),
+            fmt.num(f.limit),
+            "δ ≥ 1/n" if f.at_least_one_over_n else "δ > 1/(10 n)",
+            f.allowed_by or "NOT allowed",
+        ]
+        for c, f in pairs
+    ]
+    return Table(
+        title="Spends with a large δ",
+        header=["Site", "Entry", "Run / round", "δ", "n", "1/(10 n)", "Finding", "Allowed by"],
+        rows=rows,
+        note="δ is the probability the guarantee fails outright; with n rows, δ ≥ 1/n permits "
+        "publishing one record in the clear. A site allows at most 1/(10 n) unless its signed "
+        "policy sets max_delta.",
+        flagged=[i for i, (_, f) in enumerate(pairs) if f.at_least_one_over_n or not f.allowed_by],
     )
 
 
@@ -172,12 +325,12 @@ def parameters_table(report: Report) -> Table:
     rows = [
         [
             c.node,
-            c.accountant.upper(),
             fmt.nums(c.noise_multipliers),
             fmt.nums(c.max_grad_norms),
             fmt.nums(c.sample_rates),
             str(c.steps),
             fmt.num(c.dataset_size),
+            fmt.num(c.epsilon),
             fmt.num(c.epsilon_rdp),
         ]
         for c in report.clients
@@ -186,19 +339,20 @@ def parameters_table(report: Report) -> Table:
         title="DP-SGD mechanism and parameters",
         header=[
             "Site",
-            "Accountant",
             "Noise σ",
             "Clip C",
             "Sample q",
             "Steps",
             "Records",
+            "ε (PRV)",
             "ε (RDP)",
         ],
         rows=rows,
         note=f"Mechanism: {', '.join(sorted({c.mechanism for c in report.clients}))} "
         "(per-record gradients clipped to norm C, Gaussian noise of standard deviation σ·C, "
-        "batches drawn by Poisson sampling with rate q). 'Accountant' is the run's configured "
-        "one; ε is always recomputed with PRV. RDP is a looser upper bound, for comparison.",
+        "batches drawn by Poisson sampling with rate q). 'Steps': DP-SGD steps in this run. "
+        "Both PRV and RDP are recomputed from the signed history (RDP is a looser upper bound); "
+        "the spend table uses the one the run used, with which the sites checked their caps.",
     )
 
 
@@ -220,7 +374,8 @@ def crosscheck_table(report: Report) -> Table:
         header=["Site", "ε PRV", "ε PLD", "Difference", "Within tol.", "Site recorded", "Agrees"],
         rows=rows,
         note=f"Tolerance {fmt.pct(report.crosscheck_tolerance, 0)} relative difference. "
-        "'Site recorded' is the ε the site signed into its ledger after its last round.",
+        "'Site recorded' is the ε (by the run's accountant) the site signed into its ledger with "
+        "its last spend; 'Agrees' compares both accountants' figures with the recomputation.",
         flagged=[
             i
             for i, c in enumerate(report.clients)
@@ -304,22 +459,68 @@ def audit_table(report: Report) -> Table | None:
 AUDIT_ABSENT = "This run folder has no server audit log (audit.jsonl)."
 
 
+def evaluation_blocks(report: Report) -> list[Block]:
+    """Where the model was evaluated; an oracle on the sites' rows is called out."""
+    ev = report.evaluation
+    if ev is None:
+        return []
+    table = _kv(
+        "Where the model was evaluated",
+        [
+            ("Server evaluation", EVALUATIONS.get(ev.server, ev.server)),
+            ("Server's data", ev.server_data),
+            ("Federated evaluation", "yes: noised counts from each site" if ev.federated else "no"),
+            ("Sites' data", ev.federated_data),
+        ],
+        flagged=[0, 1] if ev.oracle else [],
+    )
+    if not ev.oracle:
+        return [table]
+    return [table, Note(ORACLE_ALERT, alert=True)]
+
+
+EVALUATIONS = {
+    "public": "public test split held by the coordinator",
+    "none": "none",
+    "oracle": "SIMULATION-ONLY ORACLE on the sites' own held-out rows",
+}
+ORACLE_ALERT = (
+    "SIMULATION-ONLY ORACLE: the server accuracy below was measured on the sites' own held-out "
+    "rows, which no coordinator holds in a deployment. It is a simulation yardstick, not a "
+    "privacy-preserving evaluation, and must not be quoted as one."
+)
+
+
 def rounds_table(report: Report) -> Table:
     recorded = {k for r in report.rounds for k in r.server}
     keys = [k for k in ("accuracy", "loss", "f1", "auroc") if k in recorded]
+    federated = any(r.federated for r in report.rounds)
+    fed_keys = ["accuracy", "loss"] if federated else []
     rows = [
         [
             str(r.round),
             *(fmt.num(r.server.get(k)) for k in keys),
+            *(fmt.num(r.federated.get(k)) for k in fed_keys),
             ", ".join(r.participants) or "none",
             ", ".join(r.refused) or "—",
         ]
         for r in report.rounds
     ]
+    oracle = report.evaluation is not None and report.evaluation.oracle
+    prefix = "Oracle " if oracle else ""
     return Table(
-        title="Server evaluation per round",
-        header=["Round", *(k.capitalize() for k in keys), "Trained", "Refused"],
+        title="Evaluation per round",
+        header=[
+            "Round",
+            *(f"{prefix}{k.capitalize()}" for k in keys),
+            *(f"Federated {k} (noised)" for k in fed_keys),
+            "Trained",
+            "Refused",
+        ],
         rows=rows,
+        note="Federated columns: the sites' noised evaluation counts summed by the server."
+        if federated
+        else "",
     )
 
 

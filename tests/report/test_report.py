@@ -47,16 +47,21 @@ def test_epsilon_is_recomputed_from_each_ledger(run_dir: Path, clients: dict) ->
 
 
 def test_caps_remaining_and_verdicts(clients: dict, report_json: dict) -> None:
+    """Caps are the ones each node signed (its first policy entry), never node.toml's."""
     for site in SITES:
         c = clients[site.node]
+        assert c["policy_entries"] == [0] and c["policy"]["entry"] == 0
         if site.cap is None:
             assert c["cap"] is None and c["remaining_epsilon"] is None
-            assert c["verdict"] == "budget exceeded: no (no cap configured)"
+            assert c["cap_status"] == "uncapped"
+            assert c["verdict"] == "budget exceeded: no (the site signed no cap)"
         else:
-            assert c["cap"]["epsilon"] == site.cap
+            assert c["cap"]["epsilon"] == site.cap and c["cap"]["entry"] == 0
+            assert c["cap_status"] == "signed"
+            assert c["cap"]["source"].startswith("signed policy, ledger entry 0")
             assert c["remaining_epsilon"] == pytest.approx(site.cap - c["epsilon"])
             assert c["verdict"].startswith("budget exceeded: no")
-        assert c["budget_exceeded"] is False
+        assert c["budget_exceeded"] is False and c["spends_past_cap_in_force"] == []
     assert report_json["any_budget_exceeded"] is False
 
 
@@ -217,3 +222,18 @@ def test_a_ledger_signed_by_another_key_than_registered_stops_the_report(
     _assert_refused(
         invoke(str(run_dir), "--keys", str(empty), "--out", str(out)), out, "--keys", "registered"
     )
+
+
+def test_a_cap_raised_in_node_toml_beside_the_ledger_is_not_believed(run_dir, tmp_path):
+    """Finding #9: a site (or anyone with its disk) raised the cap in node.toml after the fact;
+    the report must show the cap the site signed when it decided, and name the disagreement."""
+    from fedmodel.report.collect import collect_report
+
+    run = _copy_run(run_dir, tmp_path)
+    node_toml = run / "nodes" / "node-2" / "node.toml"
+    node_toml.write_text(node_toml.read_text().replace("epsilon = 3.8", "epsilon = 100.0"))
+    report = collect_report(run)
+    node2 = {c.node: c for c in report.clients}["node-2"]
+    assert node2.cap is not None and node2.cap.epsilon == 3.8, node2.cap
+    assert "signed policy" in node2.cap.source
+    assert any("node.toml" in w and "100" in w for w in report.warnings), report.warnings

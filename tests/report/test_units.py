@@ -82,7 +82,7 @@ def test_round_without_noise_is_unprotected_and_errors_are_listed() -> None:
             },
         ]
     )
-    node2, node10 = gather_evidence("run", rows, {}, "prv")
+    node2, node10 = gather_evidence("run", rows, {})
     assert (node2.node, node10.node) == ("node-2", "node-10"), "numeric node order"
     assert node10.unprotected == [1] and node10.history == []
     assert [(f.round, f.reason) for f in node10.failures] == [(2, "OOM")]
