@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fedmodel.config import DPConfig, ScenarioConfig
 from fedmodel.node_config import SitePolicy
+from fedmodel.privacy.budget import default_delta_limit
 
 
 def policy_violation(policy: SitePolicy, scenario: ScenarioConfig) -> str | None:
@@ -30,15 +31,10 @@ def policy_violation(policy: SitePolicy, scenario: ScenarioConfig) -> str | None
 
 
 def delta_limit(policy: SitePolicy, num_examples: int) -> float:
-    """The largest delta this site allows: its own ``max_delta``, else ``1 / (10 n)``.
-
-    Delta is the probability the guarantee fails outright; with ``n`` rows, ``delta >= 1/n``
-    permits a mechanism that publishes one row in the clear, so the usual rule of thumb keeps
-    ``delta * n`` well below one. A site may decide otherwise, explicitly, in its policy.
-    """
+    """The largest delta this site allows: its own ``max_delta``, else ``1 / (10 n)``."""
     if policy.max_delta is not None:
         return policy.max_delta
-    return 1.0 / (10 * max(1, num_examples))
+    return default_delta_limit(num_examples)
 
 
 def delta_violation(policy: SitePolicy, dp: DPConfig, num_examples: int) -> str | None:

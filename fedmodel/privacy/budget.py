@@ -131,3 +131,11 @@ def _verdict(projected: float, spent: float, cap: Cap, delta: float | None) -> t
             f"(spent {spent:.4f})"
         )
     return True, f"projected epsilon {projected:.4f} within the node's cap {cap.epsilon:g}"
+
+
+def default_delta_limit(num_examples: int) -> float:
+    """``1 / (10 n)``: the largest delta a site allows for ``n`` rows unless its policy says
+    otherwise. Delta is the probability the guarantee fails outright; with ``n`` rows, delta near
+    ``1/n`` permits a mechanism that publishes one row in the clear, so ``delta * n`` is kept
+    well below one. Used by the node (``clients/policy.py``) and by the report alike."""
+    return 1.0 / (10 * max(1, num_examples))

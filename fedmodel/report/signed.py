@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from fedmodel.privacy.budget import cumulative_epsilon
+from fedmodel.privacy.budget import cumulative_epsilon, default_delta_limit
 from fedmodel.privacy.ledger import NO_DP, LedgerEntry, unbounded
 from fedmodel.report import fmt
 from fedmodel.report.ledgers import NodeFile
@@ -110,12 +110,6 @@ def spends_past_cap_in_force(
     return sorted(found)
 
 
-def delta_limit(dataset_size: int) -> float:
-    """``1/(10 n)``, the limit a node applies without ``max_delta`` (``clients/policy.py``):
-    with ``n`` rows, delta near ``1/n`` permits a mechanism that publishes a row outright."""
-    return 1.0 / (10 * max(1, dataset_size))
-
-
 def delta_flags(
     entries: Sequence[LedgerEntry], policies: Sequence[SignedPolicy]
 ) -> list[DeltaFlag]:
@@ -128,7 +122,7 @@ def delta_flags(
     for e in entries:
         if not e.spends or e.mechanism == NO_DP or not e.dataset_size or e.delta is None:
             continue
-        limit = delta_limit(e.dataset_size)
+        limit = default_delta_limit(e.dataset_size)
         if e.delta <= limit:
             continue
         policy = policy_in_force(policies, e.seq)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from clients.node_config import SitePolicy
+
 from fedmodel.config import PrivacyBudget
 from fedmodel.crypto.keys import generate_signing_key, save_signing_key
 from fedmodel.io import atomic_write_json, atomic_write_text

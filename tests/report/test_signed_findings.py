@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from clients.node_config import SitePolicy
+
 from fedmodel.crypto.keys import load_signing_key
 from fedmodel.privacy.ledger import Ledger, verify_ledger
 from fedmodel.privacy.rotation import rotate_signing_key
