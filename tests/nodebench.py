@@ -8,6 +8,7 @@ ClientApp round (``run_train_round``). Nothing of the part under test is replace
 from __future__ import annotations
 
 import json
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,7 @@ class NodeBench:
         rnd: int,
         scenario: ScenarioConfig | None = None,
         task: str = "train",
+        pid: int = 0,
         **extra: Any,
     ) -> dict[str, Any]:
         cfg = scenario or self.scenario
@@ -83,7 +85,8 @@ class NodeBench:
             wire.SCENARIO: cfg.without_budgets().model_dump_json(),
             **extra,
         }
-        return {**traffic.signed_config(config, rnd), wire.TASK: task}
+        not_after = int(time.time()) + 3600
+        return traffic.node_config(config, rnd, task, 100 + pid, not_after)
 
     def request(
         self,
@@ -91,10 +94,12 @@ class NodeBench:
         rnd: int,
         scenario: ScenarioConfig | None = None,
         task: str = "train",
+        pid: int = 0,
         **extra: Any,
     ) -> RecordDict:
-        """What the real server sends: a blob signed over the whole config and the model."""
-        config = self.signed_config(run_id, rnd, scenario, task, **extra)
+        """What the real server sends node ``pid``: a blob signed over the whole config (its
+        destination and expiry included) and the model."""
+        config = self.signed_config(run_id, rnd, scenario, task, pid, **extra)
         blob = sign_request(self.model_payload(scenario), self.keys.signing, config)
         return wire.request_record(blob, str(self.nodes))
 
