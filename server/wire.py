@@ -210,9 +210,11 @@ def short_reason(text: str, limit: int = 300) -> str:
 
 def weigh_uniformly(replies: Iterable[Message]) -> None:
     """Every accepted site counts once: no site can claim a larger weight, and example counts
-    (private at a site) need not leave it. Central DP's noise is calibrated for this mean too."""
-    for msg in replies:
-        msg.content[METRICS][UNIT_WEIGHT] = 1
+    (private at a site) need not leave it. Central DP's noise is calibrated for this mean too.
+    The aggregated metrics record is the weight alone, so replies whose reports differ (a site
+    that keeps its size private, an unbounded epsilon left out) still aggregate."""
+    for msg in replies:  # the row already holds what the site reported; FedAvg needs one key
+        msg.content[METRICS] = MetricRecord({UNIT_WEIGHT: 1})
 
 
 def claimed_node(content: RecordDict, src_node_id: int) -> str:

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clients.node_config import SitePolicy
-
 from fedmodel.config import PrivacyBudget
 from fedmodel.crypto.keys import generate_signing_key, save_signing_key
 from fedmodel.io import atomic_write_json, atomic_write_text
+from fedmodel.node_config import SitePolicy
 from fedmodel.privacy.ledger import NO_DP, Ledger
 from fedmodel.privacy.spend import Denied, SiteRules, SpendPlan, commit, reserve
 

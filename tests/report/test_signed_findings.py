@@ -16,9 +16,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from clients.node_config import SitePolicy
 
 from fedmodel.crypto.keys import load_signing_key
+from fedmodel.node_config import SitePolicy
 from fedmodel.privacy.ledger import Ledger, verify_ledger
 from fedmodel.privacy.rotation import rotate_signing_key
 from fedmodel.privacy.spend import SiteRules, SpendPlan, commit, reserve
