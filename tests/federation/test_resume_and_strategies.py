@@ -38,16 +38,17 @@ def test_resume_continues_at_round_two_with_saved_weights(tmp_path):
     assert (run_dir / "checkpoints" / "round-0002.safetensors").is_file()
 
 
-# The robust rules also run in tests/robust (one simulation, five federations), so make test
-# keeps their separate runs for make test-all.
-ROBUST_ELSEWHERE = pytest.mark.slow
+# FedAvg runs in nearly every simulation test, FedProx's mu in the signed-request tests, and the
+# robust rules in tests/robust (one simulation, five federations): make test keeps FedAdam (its
+# float64 aggregate regression) and leaves the separate runs to make test-all.
+ROBUST_ELSEWHERE = COVERED_ELSEWHERE = pytest.mark.slow
 
 
 @pytest.mark.parametrize(
     "strategy",
     [
-        "fedavg",
-        "fedprox",
+        pytest.param("fedavg", marks=COVERED_ELSEWHERE),
+        pytest.param("fedprox", marks=COVERED_ELSEWHERE),
         "fedadam",
         pytest.param("fedmedian", marks=ROBUST_ELSEWHERE),
         pytest.param("fedtrimmedavg", marks=ROBUST_ELSEWHERE),
