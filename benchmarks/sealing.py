@@ -31,11 +31,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fedmodel.crypto.seal import (
     ReplayGuard,
+    open_request,
     open_update,
     seal_update,
-    sign_global,
+    sign_request,
     state_dict_to_bytes,
-    verify_global,
 )
 from fedmodel.io import atomic_write_json
 
@@ -169,15 +169,21 @@ def measure(payload: bytes, keys: Keys, repeats: int, batch: int) -> dict[str, f
 
 
 def measure_global(payload: bytes, keys: Keys, repeats: int, batch: int) -> dict[str, float]:
-    """The server->node direction: sign once per round, verify on every node."""
-    blob = sign_global(payload, keys.server_signing, RUN_ID, ROUND)
+    """The server->node direction: sign the request (config and model) once per node and round,
+    verify it on the node."""
+    config = {"run-id": RUN_ID, "server-round": ROUND, "task": "train", "dst-node-id": 1}
+    blob = sign_request(payload, keys.server_signing, config)
     public = keys.server_signing.public_key()
-    sign = [timed(lambda: sign_global(payload, keys.server_signing, RUN_ID, ROUND), batch)]
-    verify = [timed(lambda: verify_global(blob, public, RUN_ID, ROUND), batch)]
+
+    def sign() -> bytes:
+        return sign_request(payload, keys.server_signing, config)
+
+    signs = [timed(sign, batch)]
+    verify = [timed(lambda: open_request(blob, public), batch)]
     for _ in range(max(1, repeats // 2) - 1):
-        sign.append(timed(lambda: sign_global(payload, keys.server_signing, RUN_ID, ROUND), batch))
-        verify.append(timed(lambda: verify_global(blob, public, RUN_ID, ROUND), batch))
-    return {"sign_global_s": statistics.median(sign), "verify_global_s": statistics.median(verify)}
+        signs.append(timed(sign, batch))
+        verify.append(timed(lambda: open_request(blob, public), batch))
+    return {"sign_global_s": statistics.median(signs), "verify_global_s": statistics.median(verify)}
 
 
 def bench_size(name: str, shapes: dict, keys: Keys, repeats: int, batch: int) -> dict:
