@@ -46,11 +46,12 @@ from _common import RESULTS_DIR, Sampler, machine, quiet_env
 quiet_env()
 
 import torch  # noqa: E402
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
+from flwr.app import Context, Message, RecordDict  # noqa: E402
 
 from clients.client_app import app as client_app  # noqa: E402
 from fedmodel.config import ScenarioConfig  # noqa: E402
 from fedmodel.crypto.pin import write_pin  # noqa: E402
+from fedmodel.crypto.seal import sign_request, state_dict_to_bytes  # noqa: E402
 from fedmodel.data import load_dataset  # noqa: E402
 from fedmodel.io import atomic_write_json  # noqa: E402
 from fedmodel.models import build_model  # noqa: E402
@@ -60,7 +61,7 @@ from server import wire  # noqa: E402
 from server.deploy.config import load_server_config  # noqa: E402
 from server.deploy.loopback import Federation, kill_group, loopback, start, wait_for_count  # noqa: E402
 from server.deploy.submit import RunRequest, submit_run  # noqa: E402
-from server.sealing import load_server_keys  # noqa: E402
+from server.sealing import SignedTraffic, ensure_server_keys, load_server_keys  # noqa: E402
 
 NODES = ["node-0", "node-1"]
 TASK_WALL = re.compile(r"task \d+ finished in ([0-9.]+)s")
@@ -98,28 +99,34 @@ def scenario() -> ScenarioConfig:
 
 
 def client_compute(cfg: ScenarioConfig, fed: Federation, repeats: int) -> dict[str, float]:
-    """Median seconds of one node's ClientApp train handler, called as Flower calls it."""
+    """Median seconds of one node's ClientApp train handler, called as Flower calls it, on a
+    request signed by keys the node pinned (an unsigned one is refused in no time)."""
     from flwr.supercore.task_identity import TaskIdentity  # what flwr-clientapp sets per task
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     splits = load_dataset(cfg.data)
     model = build_model(cfg.model, tuple(splits.input_shape), splits.num_classes)
+    keys = ensure_server_keys(fed.root / "compute-server-keys")
+    for name in NODES:
+        write_pin(fed.node_toml(name).parent, keys.exchange_fingerprint, keys.verify_key_path)
+    payload = state_dict_to_bytes(model.state_dict())
     out = {}
     for name in NODES:
         context = Context(0, 0, {"config": str(fed.node_toml(name))}, RecordDict(), {})
         samples = []
-        request = {wire.RUN_ID: "bench", wire.NUM_ROUNDS: 99,
-                   wire.SCENARIO: cfg.without_budgets().model_dump_json()}  # fmt: skip
         for rnd in range(1, repeats + 2):  # the first call warms caches; not counted
-            config = ConfigRecord({**request, wire.ROUND: rnd})
-            arrays = ArrayRecord(model.state_dict())
-            content = RecordDict({wire.ARRAYS: arrays, wire.CONFIG: config})
-            message = Message(content, dst_node_id=0, message_type="train")
+            run_id = f"bench-{name}-{rnd}-{time.time_ns()}"
+            traffic = SignedTraffic(keys, {}, run_id, sealed=False)
+            request = {wire.RUN_ID: run_id, wire.NUM_ROUNDS: 99,
+                       wire.SCENARIO: cfg.without_budgets().model_dump_json()}  # fmt: skip
+            signed = traffic.node_config(request, 1, "train", 0, int(time.time()) + 600)
+            blob = sign_request(payload, keys.signing, signed)
+            message = Message(wire.request_record(blob), dst_node_id=0, message_type="train")
             t0 = time.perf_counter()
             reply = client_app(message, context)
             samples.append(time.perf_counter() - t0)
-            if reply.has_error():
-                raise RuntimeError(f"{name}: {reply.error.reason}")
+            if reply.has_error() or wire.UPDATE not in reply.content:
+                raise RuntimeError(f"{name}: the timed handler did not train: {reply!r}")
         out[name] = statistics.median(samples[1:])
     return out
 
