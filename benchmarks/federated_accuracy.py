@@ -110,8 +110,9 @@ def run(cfg: Any, label: str, *, sites_allow_no_dp: bool = False) -> dict[str, A
     """One simulation; the summary carries wall time so the cost of a setting is on record.
 
     ``sites_allow_no_dp``: every virtual node's own policy requires DP by default and refuses a
-    non-DP round, so the non-DP baseline writes the nodes first with ``require_dp = false``
-    (the site owner's opt-in), exactly as an operator would edit ``node.toml``.
+    non-DP round, so the non-DP baseline writes the nodes first with ``require_dp = false`` and
+    no ``[budget]`` (the site owner's opt-in: a release without noise has no finite epsilon, so a
+    capped site refuses it), exactly as an operator would edit ``node.toml``.
     """
     from fedmodel.simulation import simulate
     from server.federation import ServerSettings
@@ -119,13 +120,18 @@ def run(cfg: Any, label: str, *, sites_allow_no_dp: bool = False) -> dict[str, A
     run_dir = fresh_run_dir(label)
     nodes = None
     if sites_allow_no_dp:
+        import tomllib
+
+        from fedmodel.scenarios import _dump_toml
         from fedmodel.sim_nodes import prepare_sim_nodes
 
         nodes = run_dir / "nodes"
         for folder in prepare_sim_nodes(nodes, cfg):
             node_file = folder / "node.toml"
-            text = node_file.read_text()
-            node_file.write_text(text.replace("require_dp = true", "require_dp = false"))
+            node = tomllib.loads(node_file.read_text())
+            node.pop("budget", None)
+            node.setdefault("policy", {})["require_dp"] = False
+            node_file.write_text(_dump_toml(node))
     start = time.perf_counter()
     simulate(ServerSettings(scenario=cfg, run_dir=run_dir, sim_nodes_dir=nodes))
     summary = run_summary(run_dir)
