@@ -4,9 +4,16 @@ One Flower simulation runs five federations (Ray start-up and imports are most o
 simulation's cost): a clean FedMedian run, then FedMedian, FedTrimmedAvg, Krum and plain FedAvg
 with partition 0 sending NaN and partition 1 a scaled, sign-flipped update
 (``tests/robust/attack.py``, test-only). Each federation gets its own copy of the same ten
-pristine node folders, with fixed keys: a node derives its DP noise from its key and ledger
-position, so the honest clients train exactly alike in every federation and the comparison
-measures the attack, not two draws of noise.
+pristine node folders.
+
+The honest clients' DP noise is fresh in every federation: a node seeds it from its key, its
+ledger position, the previous entry's hash and the digest of the signed request, so no two
+requests ever share noise (two updates with the same noise would let a receiver cancel it). The
+comparisons are therefore bands, not equalities. Over 13 repeats of this module (2026-12-01) the
+server loss after the round was 0.16-0.21 for clean FedMedian, 0.17-0.21 for attacked FedMedian,
+0.16-0.20 for attacked FedTrimmedAvg, 0.14-0.44 for attacked Krum (one client's noisy update
+wins) and 2.1-28 for attacked FedAvg; accuracy 0.91-0.94, 0.90-0.93, 0.92-0.93, 0.84-0.95 and
+0.37-0.90. The bounds below sit between those bands with room on both sides.
 """
 
 from __future__ import annotations
@@ -126,22 +133,33 @@ def test_nan_update_is_rejected_by_validation(runs):
         assert audit.ok and audit.counts["rejected"] == 1 and audit.counts["accepted"] == 9
 
 
+def loss(runs, name: str) -> float:
+    return runs[name][1][-1]["server"]["loss"]
+
+
 def test_fedmedian_keeps_the_clean_accuracy(runs):
-    clean, attacked = accuracy(runs, CLEAN), accuracy(runs, f"{ATTACKED_PREFIX}fedmedian")
-    assert clean > 0.88, clean
-    assert abs(attacked - clean) <= 0.01, (clean, attacked)
+    """Attacked FedMedian stays in the clean run's band: the attack does not move it more than a
+    fresh draw of the honest clients' noise does."""
+    attacked = f"{ATTACKED_PREFIX}fedmedian"
+    assert accuracy(runs, CLEAN) > 0.88, accuracy(runs, CLEAN)
+    assert accuracy(runs, attacked) > 0.88, (accuracy(runs, CLEAN), accuracy(runs, attacked))
+    assert loss(runs, CLEAN) < 0.35 and loss(runs, attacked) < 0.35, (
+        loss(runs, CLEAN),
+        loss(runs, attacked),
+    )
 
 
 def test_other_robust_strategies_complete_under_attack(runs):
-    for strategy in ("fedtrimmedavg", "krum"):
+    for strategy, floor in (("fedtrimmedavg", 0.88), ("krum", 0.78)):
         name = f"{ATTACKED_PREFIX}{strategy}"
         assert [r["round"] for r in runs[name][1]] == [0, 1]
-        assert accuracy(runs, name) > 0.85, (name, accuracy(runs, name))
+        assert accuracy(runs, name) > floor, (name, accuracy(runs, name))
+        assert loss(runs, name) < 0.8, (name, loss(runs, name))
 
 
 def test_the_attack_does_move_plain_fedavg(runs):
     """The control: without a robust rule, one scaled sign-flipped update ruins the round (its
     loss; on this near-separable table accuracy falls less than the loss rises)."""
-    attacked, clean = runs[f"{ATTACKED_PREFIX}fedavg"][1][-1], runs[CLEAN][1][-1]
-    assert attacked["server"]["loss"] > 5 * clean["server"]["loss"], (attacked, clean)
-    assert accuracy(runs, f"{ATTACKED_PREFIX}fedavg") < accuracy(runs, CLEAN)
+    attacked = f"{ATTACKED_PREFIX}fedavg"
+    assert loss(runs, attacked) > 1.0, (loss(runs, attacked), loss(runs, CLEAN))
+    assert loss(runs, attacked) > 3 * loss(runs, f"{ATTACKED_PREFIX}fedmedian")
