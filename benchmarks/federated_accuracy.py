@@ -7,7 +7,7 @@ epsilon any client reported (PRV accountant, the steps actually run).
 
 * E1 ``mnist``: MNIST CNN, 10 clients, Dirichlet(0.5), epsilon 3 per client (delta 1e-5).
   Anchor: Tramer & Boneh 2021, centralised end-to-end CNN at epsilon 3: 98.1 %.
-* E2 ``heart``: UCI heart disease, the 4 real hospitals, epsilon <= 1 (delta 1e-3), tested on
+* E2 ``heart``: UCI heart disease, the 4 real hospitals, epsilon <= 1 (delta 1e-5), tested on
   every hospital's own held-out rows pooled. Anchor: FLamby 71.3 % without DP. A small grid of
   settings is tried, each trained on 80 % of every hospital's training rows and scored on the
   other 20 % (a validation split carved from the training rows, stratified by hospital and
