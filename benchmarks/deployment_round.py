@@ -88,6 +88,9 @@ MODES: dict[str, dict[str, Any]] = {
     "fedmodel_insecure": {"insecure": True},
 }
 SEALED_MODES = {"fedmodel_tls_auth_sealed"}
+# deployed nodes require sealed updates unless their policy says otherwise; the plain modes are
+# the comparison, so every node here lifts that default by name
+PLAIN_ALLOWED = {name: {"require_sealed_updates": False} for name in NODES}
 SEALED_SCENARIO = "scenario-sealed.toml"
 
 
@@ -160,7 +163,9 @@ class RoundClock(Sampler):
 
 
 def run_mode(name: str, root: Path, scenario_path: Path, rounds: int) -> dict[str, Any]:
-    fed = loopback(root / name, NODES, NODES, round_timeout=300.0, **MODES[name])
+    fed = loopback(
+        root / name, NODES, NODES, round_timeout=300.0, policies=PLAIN_ALLOWED, **MODES[name]
+    )
     procs = []
     try:
         server_log = fed.root / "server.out"
@@ -283,7 +288,7 @@ def main() -> None:
         scenario_path.write_text(scenario_to_toml(cfg))
         sealed = apply_overrides(cfg, {"security.sealed_updates": True}, "benchmark")
         (root / SEALED_SCENARIO).write_text(scenario_to_toml(sealed))
-        compute_nodes = loopback(root / "compute", NODES, NODES)
+        compute_nodes = loopback(root / "compute", NODES, NODES, policies=PLAIN_ALLOWED)
 
         def probe() -> dict[str, Any]:
             return compute_now(cfg, compute_nodes, args.repeats)

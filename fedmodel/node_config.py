@@ -42,7 +42,11 @@ class SitePolicy(StrictModel):
     max_grad_norm_cap: float | None = Field(None, gt=0, description="largest clipping norm allowed")
     allowed_models: list[ModelName] | None = None
     allowed_datasets: list[str] | None = None
-    require_sealed_updates: bool = False
+    require_sealed_updates: bool | None = Field(
+        None,
+        description="refuse runs whose updates the relay could read; absent: on for a node "
+        "deployed over TLS (a [deployment] table without insecure), off in simulation",
+    )
     max_delta: float | None = Field(
         None,
         gt=0,
@@ -132,6 +136,15 @@ class NodeConfig(StrictModel):
     policy: SitePolicy = Field(default_factory=SitePolicy)
     data: NodeData = Field(default_factory=NodeData)
     deployment: NodeDeployment | None = None
+
+    @model_validator(mode="after")
+    def _sealing_default(self) -> NodeConfig:
+        """A deployed site's updates cross a relay it does not control: sealing is on unless
+        its ``[policy]`` turns it off by name. The resolved value is what the ledger signs."""
+        if self.policy.require_sealed_updates is None:
+            deployed = self.deployment is not None and not self.deployment.insecure
+            self.policy = self.policy.model_copy(update={"require_sealed_updates": deployed})
+        return self
 
     def resolved(self, base: Path) -> NodeConfig:
         """Relative paths are relative to the node file's folder, not the process's cwd."""

@@ -57,7 +57,13 @@ class Deployment:
             ["node-0", "node-1", "rogue"],
             ["node-0", "node-1"],
             round_timeout=ROUND_TIMEOUT,
-            policies={"node-0": {"require_dp": False}},
+            # runs A and C are plain on purpose (C is the relay scan's positive control): these
+            # sites lift the deployed default of requiring sealed updates by name
+            policies={
+                "node-0": {"require_dp": False, "require_sealed_updates": False},
+                "node-1": {"require_sealed_updates": False},
+                "rogue": {"require_sealed_updates": False},
+            },
             unbudgeted=["node-0"],  # a site that may train without DP has no finite cap
             deployment={"rogue": {"activation_grace": 0.0, "warm_launcher": False}},
         )

@@ -54,7 +54,13 @@ class Deployment:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     root = tmp_path_factory.mktemp("trust")
-    fed = loopback(root, ["node-0"], ["node-0"], round_timeout=ROUND_TIMEOUT)
+    fed = loopback(
+        root,
+        ["node-0"],
+        ["node-0"],
+        round_timeout=ROUND_TIMEOUT,
+        policies={"node-0": {"require_sealed_updates": False}},  # the runs here are plain
+    )
     scenario = root / "scenario.toml"
     scenario.write_text(scenario_to_toml(small_scenario(dp=True, nodes=1)))
     procs: list[subprocess.Popen] = []

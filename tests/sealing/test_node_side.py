@@ -3,13 +3,15 @@ refusal is signed into its ledger before the server hears of it."""
 
 from __future__ import annotations
 
+import tomllib
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedmodel.crypto.keys import fingerprint
 from fedmodel.crypto.pin import load_pin, write_pin
 from fedmodel.privacy.ledger import verify_ledger
-from fedmodel.scenarios import apply_overrides
+from fedmodel.scenarios import _dump_toml, apply_overrides
 from server import wire
 from tests.federation.helpers import small_tabular
 from tests.nodebench import NodeBench, reply_kind
@@ -46,3 +48,32 @@ def test_policy_requiring_sealed_updates_refuses_a_plain_run(bench):
     reply = bench.run(bench.request("run-n", 1, scenario=plain))
     assert "requires sealed updates" in reply[wire.REFUSAL]["reason"]
     assert bench.spends() == []
+
+
+def test_a_deployed_node_refuses_a_plain_run_unless_its_policy_allows_it(bench):
+    """A node deployed over TLS sends its updates through a relay it does not control: with no
+    word in its ``[policy]``, it requires sealing; only ``require_sealed_updates = false`` by
+    name lets a plain run through. The signed policy entry records the resolved value."""
+    node_file = bench.node_file(0)
+    data = tomllib.loads(node_file.read_text())
+    del data["policy"]["require_sealed_updates"]  # the operator guide's site says nothing
+    node_file.write_text(_dump_toml(data))
+    bench.set_node(
+        0,
+        **{
+            "deployment.superlink": "fl.example.org:9092",
+            "deployment.root_certificates": "pki/ca.crt",
+            "deployment.auth_key": "keys/node-0.auth",
+        },
+    )
+    plain = apply_overrides(bench.scenario, {"security.sealed_updates": False}, "t")
+    reply = bench.run(bench.request("run-n", 1, scenario=plain))
+    assert "requires sealed updates" in reply[wire.REFUSAL]["reason"]
+    assert bench.spends() == []
+    ledger = verify_ledger(bench.nodes / "node-0" / "ledger")
+    assert ledger.entries[0].kind == "policy"
+    assert ledger.entries[0].policy["require_sealed_updates"] is True
+
+    bench.set_node(0, **{"policy.require_sealed_updates": False})
+    reply = bench.run(bench.request("run-m", 1, scenario=plain))
+    assert reply_kind(reply) == "update"
