@@ -19,15 +19,15 @@ from clients.train_round import (
     RoundRequest,
     Verified,
     answer,
-    dataset_input_shape,
-    dataset_num_classes,
     policy_reason,
     refuse,
     refused_from,
     seed_secret,
+    site_data_refusal,
     verify_request,
 )
-from fedmodel.data.local import client_test_set
+from fedmodel.data.errors import SiteDataError
+from fedmodel.data.local import model_io
 from fedmodel.models import build_model
 from fedmodel.privacy.release import history_entry, release, site_stats
 from fedmodel.privacy.spend import Denied, SpendPlan, reserve
@@ -47,7 +47,10 @@ def run_evaluate_round(content: RecordDict, context: Context) -> RecordDict:
         return refuse(session, request, "site policy does not share evaluation counts").record()
     if (reason := policy_reason(session.node, request.scenario)) is not None:
         return refuse(session, request, reason).record()
-    dataset = client_test_set(request.scenario, session.partition_id, session.num_partitions)
+    try:
+        dataset = session.rows(request.scenario, test=True)
+    except SiteDataError as err:
+        return refuse(session, request, site_data_refusal(request.scenario, err)).record()
     if reason := delta_violation(policy, request.scenario.dp, len(dataset)):
         quiet = "delta above this site's limit"
         return refuse(session, request, quiet if session.rules.quiet else reason).record()
@@ -60,9 +63,7 @@ def run_evaluate_round(content: RecordDict, context: Context) -> RecordDict:
     if isinstance(decision, Denied):
         return refused_from(session, decision.entry).record()
     scenario = request.scenario
-    model = build_model(
-        scenario.model, dataset_input_shape(scenario), dataset_num_classes(scenario)
-    )
+    model = build_model(scenario.model, *model_io(scenario))
     model.load_state_dict(verified.channel.global_state())
     labels, probs, _ = predict_proba(
         model, dataset, batch_size=scenario.train.eval_batch_size, device=scenario.train.device

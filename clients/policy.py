@@ -14,8 +14,8 @@ def policy_violation(policy: SitePolicy, scenario: ScenarioConfig) -> str | None
         return "site policy requires DP-SGD; the run asked for training without DP"
     if policy.allowed_models is not None and scenario.model.name not in policy.allowed_models:
         return f"site policy does not allow model {scenario.model.name!r}"
-    if policy.allowed_datasets is not None and scenario.data.dataset not in policy.allowed_datasets:
-        return f"site policy does not allow dataset {scenario.data.dataset!r}"
+    if (reason := _data_violation(policy, scenario)) is not None:
+        return reason
     if (
         dp.enabled
         and dp.noise_multiplier is not None
@@ -27,6 +27,19 @@ def policy_violation(policy: SitePolicy, scenario: ScenarioConfig) -> str | None
         )
     if policy.max_grad_norm_cap is not None and dp.max_grad_norm > policy.max_grad_norm_cap:
         return f"clipping norm {dp.max_grad_norm} above the site cap {policy.max_grad_norm_cap}"
+    return None
+
+
+def _data_violation(policy: SitePolicy, scenario: ScenarioConfig) -> str | None:
+    """A packaged dataset the site does not allow, or a declared task it does not serve."""
+    task = scenario.task
+    if task is None:
+        allowed = policy.allowed_datasets
+        if allowed is not None and scenario.data.dataset not in allowed:
+            return f"site policy does not allow dataset {scenario.data.dataset!r}"
+        return None
+    if policy.allowed_tasks is not None and task.name not in policy.allowed_tasks:
+        return f"site policy does not allow task {task.name!r}"
     return None
 
 

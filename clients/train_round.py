@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context, RecordDict
+from torch.utils.data import Dataset
 
 from clients.policy import delta_violation, policy_violation
 from clients.sealing import ServerChannel
@@ -38,8 +40,8 @@ from fedmodel.config import ConfigError, DPConfig, ScenarioConfig
 from fedmodel.crypto.keys import load_signing_key
 from fedmodel.crypto.pin import PinMissing, load_pin
 from fedmodel.crypto.seal import SealError, SignedRequest
-from fedmodel.data.errors import DataError
-from fedmodel.data.local import client_train_set
+from fedmodel.data.errors import DataError, SiteDataError
+from fedmodel.data.local import model_io, node_rows
 from fedmodel.errors import FedmodelError
 from fedmodel.models import build_model
 from fedmodel.node_config import NODE_FILE, NodeConfig, load_node_config
@@ -58,6 +60,8 @@ PLAN_STATE = "dp-plan"
 NO_PIN = "no server pin: the site must pin the coordinator (fedmodel node pin)"
 MODEL_UPDATE = "model-update"
 TRAIN_METRICS = "train-metrics"
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,8 +108,8 @@ class NodeSession:
 
     node: NodeConfig
     folder: Path
-    partition_id: int
-    num_partitions: int
+    partition_id: int | None  # None: the site trains on its own files ([data] path)
+    num_partitions: int | None
     signing_key: Ed25519PrivateKey
     ledger: Ledger
 
@@ -118,17 +122,33 @@ class NodeSession:
             quiet=not policy.dataset_size_public,
         )
 
+    def rows(self, scenario: ScenarioConfig, *, test: bool = False) -> Dataset:
+        """This site's rows for the request (its own files, or its packaged partition)."""
+        partition = None
+        if self.partition_id is not None and self.num_partitions is not None:
+            partition = (self.partition_id, self.num_partitions)
+        return node_rows(scenario, self.node.data.site_files(), partition, test)
+
 
 def open_session(node_file: Path, context: Context) -> NodeSession:
     node = load_node_config(node_file)
     nc = context.node_config
     pid = node.data.partition_id if node.data.partition_id is not None else nc.get("partition-id")
     nparts = node.data.num_partitions or nc.get("num-partitions")
-    if pid is None or nparts is None:
+    if node.data.path is not None:  # its own files: no partition of anything
+        pid = nparts = None
+    elif pid is None or nparts is None:
         raise ConfigError(f"{node.name}: data.partition_id / data.num_partitions not configured")
     signing_key = load_signing_key(node.signing_key)
     ledger = Ledger(node.ledger_dir, signing_key, node=node.name, mark=node.high_water_mark)
-    return NodeSession(node, node_file.parent, int(pid), int(nparts), signing_key, ledger)
+    return NodeSession(
+        node,
+        node_file.parent,
+        None if pid is None else int(pid),
+        None if nparts is None else int(nparts),
+        signing_key,
+        ledger,
+    )
 
 
 @dataclass(frozen=True)
@@ -262,7 +282,10 @@ def train_round(
 
     if (reason := policy_reason(node, scenario)) is not None:
         return refuse(session, request, reason)
-    dataset = client_train_set(scenario, session.partition_id, session.num_partitions)
+    try:
+        dataset = session.rows(scenario)
+    except SiteDataError as err:
+        return refuse(session, request, site_data_refusal(scenario, err))
     n = len(dataset)
     if scenario.dp.enabled and (reason := delta_violation(node.policy, scenario.dp, n)):
         if session.rules.quiet:  # the limit is 1/(10 n): it would name the row count
@@ -283,9 +306,7 @@ def train_round(
         return refused_from(session, decision.entry)
 
     torch.manual_seed(decision.seed)  # model construction; train() seeds its own streams
-    model = build_model(
-        scenario.model, dataset_input_shape(scenario), dataset_num_classes(scenario)
-    )
+    model = build_model(scenario.model, *model_io(scenario))
     model.load_state_dict(global_state)
     proximal = None
     if request.proximal_mu > 0:
@@ -374,7 +395,7 @@ def _accounting_metrics(
     sample rate, steps or epsilon, which reveal the number of batches a site's rows fill.
     """
     metrics: dict[str, int | float] = {
-        "partition-id": session.partition_id,
+        "partition-id": -1 if session.partition_id is None else session.partition_id,
         "ledger-count": entry.seq + 1,
     }
     if not dp.enabled:  # no noise, no guarantee: the report marks the round unprotected
@@ -429,6 +450,8 @@ def policy_reason(node: NodeConfig, scenario: ScenarioConfig) -> str | None:
     """The site's policy, plus the transport rule that only the node can enforce."""
     if node.policy.require_sealed_updates and not scenario.security.sealed_updates:
         return "site policy requires sealed updates; this run sends updates unsealed"
+    if node.data.path is not None and scenario.task is None:
+        return "this site trains on its own files; the run asks for a packaged dataset, not a task"
     return policy_violation(node.policy, scenario)
 
 
@@ -521,16 +544,14 @@ def refused_from(session: NodeSession, entry: LedgerEntry) -> Refused:
     )
 
 
-def dataset_input_shape(scenario: ScenarioConfig) -> tuple[int, ...]:
-    from fedmodel.data.local import dataset_splits
-
-    return tuple(dataset_splits(scenario).input_shape)
-
-
-def dataset_num_classes(scenario: ScenarioConfig) -> int:
-    from fedmodel.data.local import dataset_splits
-
-    return int(dataset_splits(scenario).num_classes)
+def site_data_refusal(scenario: ScenarioConfig, err: SiteDataError) -> str:
+    """What the coordinator hears when the site's files do not fit the task: the task's name
+    for the column (public: the task declares it), never a row, a value or a path; the whole
+    line goes to the site's own log."""
+    LOG.warning("site data refused: %s", err)
+    task = scenario.task.name if scenario.task is not None else scenario.data.dataset
+    where = f" (column {err.column!r})" if err.column is not None else ""
+    return f"site data does not match task {task!r}{where}; details in the site's log"
 
 
 FAILURE_CODES: tuple[tuple[type[BaseException], int, str], ...] = (

@@ -17,6 +17,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedmodel.errors import ConfigError
+from fedmodel.task import SiteFiles, TaskConfig
 
 DatasetName = Literal[
     "mnist", "rotten-tomatoes", "heart", "german-credit", "adult", "digits", "breast-cancer"
@@ -276,11 +277,24 @@ class LocalTrainConfig(StrictModel):
         return self
 
 
+class SimSite(SiteFiles):
+    """``[[sites]]``: one virtual site of a simulation and its own files, so a researcher
+    simulates exactly the federation they will deploy (each becomes a node's ``[data]``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
 class ScenarioConfig(StrictModel):
-    """A federated scenario: what ``fedmodel simulate`` runs and the Flower apps read."""
+    """A federated scenario: what ``fedmodel simulate`` runs and the Flower apps read.
+
+    With a ``[task]`` every site trains on its own files mapped to the declaration (``data``
+    and ``partition`` are then unused); without one, on a packaged dataset's partition.
+    """
 
     name: str = "custom"
     description: str = ""
+    task: TaskConfig | None = None
+    sites: list[SimSite] = Field(default_factory=list, description="simulation: per-site files")
     data: DataConfig = Field(default_factory=DataConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -327,6 +341,22 @@ class ScenarioConfig(StrictModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _sites_need_a_task(self) -> ScenarioConfig:
+        if not self.sites:
+            return self
+        if self.task is None:
+            raise ValueError("sites: per-site files need a [task] that declares their columns")
+        names = [s.name for s in self.sites]
+        if len(set(names)) != len(names):
+            raise ValueError("sites: two sites have the same name")
+        if self.federation.num_clients != len(self.sites):
+            raise ValueError(
+                f"federation.num_clients is {self.federation.num_clients} but {len(self.sites)} "
+                "sites are listed: one virtual node per site"
+            )
+        return self
+
     def budget_for(self, partition_id: int) -> PrivacyBudget | None:
         return self.client_budgets.get(partition_id, self.budget)
 
@@ -335,8 +365,9 @@ class ScenarioConfig(StrictModel):
         return self.partition.model_copy(update={"num_partitions": self.federation.num_clients})
 
     def without_budgets(self) -> ScenarioConfig:
-        """What the server may send to nodes: caps are each node's own, never the server's."""
-        return self.model_copy(update={"budget": None, "client_budgets": {}})
+        """What the server may send to nodes: caps are each node's own, never the server's, and
+        a site reads its own ``[data]``, never the simulation's list of everyone's files."""
+        return self.model_copy(update={"budget": None, "client_budgets": {}, "sites": []})
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -18,13 +18,15 @@ A deployed node adds a ``[deployment]`` table (read by ``fedmodel node start``):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from fedmodel.config import ConfigError, ModelName, PrivacyBudget, StrictModel, load_toml
 from fedmodel.net import host_of, is_loopback
 from fedmodel.nodenames import NODE_NAME_PATTERN, NODE_NAME_RULE
 from fedmodel.privacy.highwater import MARK_FILE
+from fedmodel.task import TASK_NAME_PATTERN, SiteFiles
 
 NODE_FILE = "node.toml"
 
@@ -42,6 +44,9 @@ class SitePolicy(StrictModel):
     max_grad_norm_cap: float | None = Field(None, gt=0, description="largest clipping norm allowed")
     allowed_models: list[ModelName] | None = None
     allowed_datasets: list[str] | None = None
+    allowed_tasks: list[Annotated[str, StringConstraints(pattern=TASK_NAME_PATTERN)]] | None = (
+        Field(None, description="declared tasks this site's own data may serve (absent: any)")
+    )
     require_sealed_updates: bool | None = Field(
         None,
         description="refuse runs whose updates the relay could read; absent: on for a node "
@@ -76,11 +81,26 @@ class SitePolicy(StrictModel):
     )
 
 
-class NodeData(StrictModel):
-    """Which rows are this node's. Packaged datasets are split by partition id."""
+class NodeData(SiteFiles):
+    """Which rows are this node's: its own files (``path``, mapped to a declared task), or a
+    partition of a packaged dataset that the coordinator assigns."""
 
+    path: Path | None = Field(None, description="this site's own file or folder")  # type: ignore[assignment]
     partition_id: int | None = Field(None, ge=0)
     num_partitions: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> NodeData:
+        if self.path is not None and self.partition_id is not None:
+            raise ValueError("give path (the site's own files) or partition_id, not both")
+        return self
+
+    def site_files(self) -> SiteFiles | None:
+        """The site's own files, or ``None`` for a packaged partition."""
+        if self.path is None:
+            return None
+        fields = self.model_dump(exclude={"partition_id", "num_partitions"})
+        return SiteFiles.model_validate(fields)
 
 
 class NodeDeployment(StrictModel):
@@ -153,6 +173,7 @@ class NodeConfig(StrictModel):
                 "ledger_dir": _under(base, self.ledger_dir),
                 "high_water_mark": _under(base, self.high_water_mark),
                 "signing_key": _under(base, self.signing_key),
+                "data": self.data if self.data.path is None else self.data.resolved(base),
                 "deployment": self.deployment and self.deployment.resolved(base),
             }
         )

@@ -34,7 +34,13 @@ def resolve_scenario_path(name_or_path: str | Path) -> Path:
 
 
 def load_scenario(name_or_path: str | Path) -> ScenarioConfig:
-    return load_toml(ScenarioConfig, resolve_scenario_path(name_or_path))
+    """A scenario file; its sites' relative paths are relative to the file, not the cwd."""
+    path = resolve_scenario_path(name_or_path)
+    cfg = load_toml(ScenarioConfig, path)
+    if not cfg.sites:
+        return cfg
+    sites = [site.resolved(path.parent.absolute()) for site in cfg.sites]
+    return cfg.model_copy(update={"sites": sites})
 
 
 def apply_overrides(
@@ -113,4 +119,8 @@ def _toml_value(v: Any) -> str:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # inline table: a list of tables ([[sites]]) or one inside it
+        return (
+            "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
+        )
     raise ConfigError(f"cannot write {type(v).__name__} to TOML")

@@ -26,9 +26,9 @@ def prepare_sim_nodes(nodes_dir: Path, scenario: ScenarioConfig) -> list[Path]:
         node_file = folder / NODE_FILE
         if not node_file.is_file():
             cfg = NodeConfig(
-                name=f"node-{pid}",
+                name=scenario.sites[pid].name if scenario.sites else f"node-{pid}",
                 budget=scenario.budget_for(pid),
-                data=NodeData(partition_id=pid, num_partitions=n),
+                data=_node_data(scenario, pid),
                 # the researcher's virtual sites take part in the evaluation they simulate
                 policy=SitePolicy(share_eval_metrics=scenario.evaluation.federated),
             )
@@ -39,6 +39,17 @@ def prepare_sim_nodes(nodes_dir: Path, scenario: ScenarioConfig) -> list[Path]:
         (folder / "ledger").mkdir(parents=True, exist_ok=True)
         folders.append(folder)
     return folders
+
+
+def _node_data(scenario: ScenarioConfig, pid: int) -> NodeData:
+    """A listed site's own files, else the packaged partition the coordinator assigns."""
+    if not scenario.sites:
+        return NodeData(partition_id=pid, num_partitions=scenario.federation.num_clients)
+    site = scenario.sites[pid].model_dump(exclude={"name"})
+    site["path"] = str(Path(site["path"]).absolute())
+    if site.get("test_path") is not None:
+        site["test_path"] = str(Path(site["test_path"]).absolute())
+    return NodeData.model_validate(site)
 
 
 def pin_server(nodes_dir: Path, exchange_fingerprint: str, verify_key_path: Path) -> list[Path]:

@@ -28,7 +28,8 @@ from flwr.serverapp.strategy import Strategy
 from fedmodel import __version__
 from fedmodel.config import ConfigError, ScenarioConfig, config_hash
 from fedmodel.crypto.keys import fingerprint
-from fedmodel.data import DatasetSplits, load_dataset
+from fedmodel.data import DatasetSplits
+from fedmodel.data.local import coordinator_splits
 from fedmodel.models import build_model
 from fedmodel.sim_nodes import pin_server
 from fedmodel.training import evaluate
@@ -196,7 +197,7 @@ def server_evaluation(scenario: ScenarioConfig, engine: str) -> str:
     ``oracle`` that evaluates on them anyway exists in simulation only, marked as such.
     """
     asked = scenario.evaluation.server
-    site_rows = scenario.partition.scheme == "natural"
+    site_rows = scenario.partition.scheme == "natural" or scenario.task is not None
     if asked == "auto":
         return "none" if site_rows else "public"
     if asked == "public" and site_rows:
@@ -206,6 +207,8 @@ def server_evaluation(scenario: ScenarioConfig, engine: str) -> str:
         )
     if asked == "oracle" and engine == DEPLOYMENT:
         raise ConfigError("evaluation.server = oracle evaluates on site rows: simulation only")
+    if asked == "oracle" and scenario.task is not None and not scenario.sites:
+        raise ConfigError("evaluation.server = oracle: a task's rows are at the sites ([[sites]])")
     return asked
 
 
@@ -213,7 +216,7 @@ def start_run(settings: ServerSettings) -> RunState:
     """Load data and model, pick the starting point, open the run folder and its audit log."""
     scenario = settings.scenario
     evaluation = server_evaluation(scenario, settings.engine)
-    splits = load_dataset(scenario.data)
+    splits = coordinator_splits(scenario, oracle=evaluation == "oracle")
     model = _initial_model(scenario, splits)
     run_id, offset, initial = _starting_point(settings, model)
     keys = _server_keys(settings)

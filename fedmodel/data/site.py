@@ -1,0 +1,523 @@
+"""A site's own files, read into a declared task.
+
+``read_site_table`` streams a CSV, Parquet or JSONL file with pyarrow (only the columns the task
+needs: identifiers are never read), checks every cell against the declaration and writes the
+features straight into one preallocated float32 matrix, so memory follows the feature matrix,
+not the raw file. Every problem is a :class:`Problem` naming the file, the column and the first
+bad row; :func:`site_splits` turns the first one into a ``SiteDataError`` (a signed refusal in a
+run), ``fedmodel data check`` prints them all. Messages name rows, never cell values, so a
+message cannot carry a patient's data (the local check prints the same lines).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import TensorDataset
+
+from fedmodel.data.errors import SiteDataError
+from fedmodel.data.split import holdout_split
+from fedmodel.task import (
+    FALSE_TOKENS,
+    TRUE_TOKENS,
+    BooleanColumn,
+    CategoricalColumn,
+    NumericColumn,
+    SiteFiles,
+    TaskConfig,
+)
+
+BLOCK_BYTES = 1 << 22
+"""pyarrow reads 4 MiB of CSV at a time: a batch of strings never outgrows this."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One way a site's file breaks the task: file, column (task name), first bad row."""
+
+    file: Path
+    column: str | None
+    row: int | None  # 1-based data row (the header is not a row)
+    what: str
+
+    def line(self) -> str:
+        where = [str(self.file)]
+        if self.column is not None:
+            where.append(f"column {self.column!r}")
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        return f"{': '.join([', '.join(where), self.what])}"
+
+
+@dataclass
+class Problems:
+    """The first bad row per (column, kind of problem): enough to fix a file, never a flood."""
+
+    found: list[Problem] = field(default_factory=list)
+    _seen: set[tuple[str | None, str]] = field(default_factory=set)
+
+    def add(self, problem: Problem, kind: str) -> None:
+        if (problem.column, kind) not in self._seen:
+            self._seen.add((problem.column, kind))
+            self.found.append(problem)
+
+
+@dataclass(frozen=True)
+class SiteTable:
+    """A file read into the task: features (NaN only where site-median imputation is pending),
+    labels as class indices, and every problem found."""
+
+    file: Path
+    features: np.ndarray
+    labels: np.ndarray
+    problems: list[Problem]
+
+    @property
+    def rows(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class SiteSplits:
+    """A site's training and held-out rows, in the task's layout."""
+
+    train: TensorDataset
+    test: TensorDataset
+    site_medians: dict[str, float]
+
+
+def site_splits(task: TaskConfig, files: SiteFiles) -> SiteSplits:
+    """The site's train/test rows; the first problem in either file is a ``SiteDataError``."""
+    train_table = _checked(read_site_table(task, files, files.path))
+    if files.test_path is not None:
+        test_table = _checked(read_site_table(task, files, files.test_path))
+        train_x, train_y = train_table.features, train_table.labels
+        test_x, test_y = test_table.features, test_table.labels
+    else:
+        train_rows, test_rows = holdout_split(train_table.labels, files.test_fraction, files.seed)
+        x, y = train_table.features, train_table.labels
+        train_x, train_y, test_x, test_y = x[train_rows], y[train_rows], x[test_rows], y[test_rows]
+    if len(train_y) == 0:
+        raise SiteDataError(f"{files.path}: no training rows", column=None)
+    medians = fit_site_medians(task, train_x)
+    impute_site_medians(task, train_x, medians)
+    impute_site_medians(task, test_x, medians)
+    return SiteSplits(
+        TensorDataset(torch.from_numpy(train_x), torch.from_numpy(train_y)),
+        TensorDataset(torch.from_numpy(test_x), torch.from_numpy(test_y)),
+        medians,
+    )
+
+
+def _checked(table: SiteTable) -> SiteTable:
+    if table.problems:
+        first = table.problems[0]
+        raise SiteDataError(first.line(), column=first.column)
+    return table
+
+
+def read_site_table(task: TaskConfig, files: SiteFiles, path: Path) -> SiteTable:
+    """Read ``path`` (the site's file or its test file) into the task's feature layout."""
+    if task.kind != "tabular":
+        raise SiteDataError(f"{path}: read_site_table reads tabular tasks, not {task.kind}")
+    problems = Problems()
+    fmt = files.format or _format_of(path)
+    if not path.is_file():
+        return SiteTable(path, _empty(task), np.zeros(0, np.int64), [_no_file(path)])
+    try:
+        header = _header(path, fmt)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as err:
+        return _unreadable(task, path, err)
+    wanted = _map_columns(task, files, header, path, problems)
+    if problems.found:
+        return SiteTable(path, _empty(task), np.zeros(0, np.int64), problems.found)
+    capacity = _row_capacity(path, fmt)
+    features = np.empty((capacity, len(task.feature_names)), dtype=np.float32)
+    labels = np.empty(capacity, dtype=np.int64)
+    row = 0
+    try:
+        for batch in _batches(path, fmt, wanted, task.missing_values):
+            n = batch.num_rows
+            if row + n > capacity:  # a count that undershot (no trailing newline, say)
+                capacity = max(2 * capacity, row + n)
+                features = np.resize(features, (capacity, features.shape[1]))
+                labels = np.resize(labels, capacity)
+            rows = slice(row, row + n)
+            encode_batch(task, batch, path, row, features[rows], labels[rows], problems)
+            row += n
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as err:
+        return _unreadable(task, path, err, row)
+    if row == 0:
+        problems.add(Problem(path, None, None, "no rows"), "empty")
+    return SiteTable(path, features[:row], labels[:row], problems.found)
+
+
+def _no_file(path: Path) -> Problem:
+    return Problem(path, None, None, "no such file")
+
+
+def _unreadable(task: TaskConfig, path: Path, err: BaseException, row: int = 0) -> SiteTable:
+    """pyarrow's messages can quote a whole line of the file: never pass them on."""
+    what = f"unreadable {type(err).__name__} after row {row}" if row else "unreadable file"
+    if isinstance(err, pa.ArrowInvalid) and "column" in str(err).lower():
+        what = f"malformed row after row {row} (wrong number of fields or bad quoting)"
+    return SiteTable(path, _empty(task), np.zeros(0, np.int64), [Problem(path, None, None, what)])
+
+
+def _empty(task: TaskConfig) -> np.ndarray:
+    return np.zeros((0, len(task.feature_names)), dtype=np.float32)
+
+
+def _format_of(path: Path) -> str:
+    return SiteFiles(path=path).resolved_format()
+
+
+def _header(path: Path, fmt: str) -> list[str]:
+    if fmt == "csv":
+        opts = pacsv.ReadOptions(block_size=BLOCK_BYTES)
+        with pacsv.open_csv(path, read_options=opts, convert_options=_all_strings()) as reader:
+            return list(reader.schema.names)
+    if fmt == "parquet":
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    if fmt == "jsonl":
+        return list(pajson.read_json(path).schema.names)
+    raise SiteDataError(f"{path}: format {fmt!r} is not a table", column=None)
+
+
+def _all_strings() -> pacsv.ConvertOptions:
+    """Header sniffing: infer nothing (a typed guess would fail on the first odd cell)."""
+    return pacsv.ConvertOptions(column_types={}, strings_can_be_null=False, include_columns=[])
+
+
+def _map_columns(
+    task: TaskConfig, files: SiteFiles, header: list[str], path: Path, problems: Problems
+) -> dict[str, str]:
+    """The site's column for each task column; missing, unknown and duplicate columns are
+    problems. Identifiers and ``ignore`` columns are allowed and never read."""
+    seen: dict[str, str] = {}
+    for site_name in header:
+        if site_name in files.ignore:
+            continue
+        name = files.columns.get(site_name, site_name)
+        if name in seen:
+            problems.add(Problem(path, name, None, "two columns map to it"), "duplicate")
+        seen[name] = site_name
+    for site_name in files.columns:
+        if site_name not in header:
+            problems.add(
+                Problem(path, files.columns[site_name], None, f"mapped from {site_name!r}, which "
+                        "the file does not have"), "mapping")  # fmt: skip
+    needed = task_columns(task)
+    for name in needed:
+        if name not in seen:
+            problems.add(Problem(path, name, None, "missing column"), "missing")
+    for name in seen:
+        if name not in needed and name not in task.identifiers:
+            problems.add(
+                Problem(path, name, None, "column not in the task (declare it an identifier, or "
+                        "list it in [data] ignore)"), "extra")  # fmt: skip
+    return {name: seen[name] for name in needed if name in seen}
+
+
+def task_columns(task: TaskConfig) -> list[str]:
+    """The task's names of the columns a site reads: the label, then the features."""
+    if task.kind == "text":
+        assert task.text_column is not None
+        return [task.label, task.text_column]
+    return [task.label, *task.columns]
+
+
+def _row_capacity(path: Path, fmt: str) -> int:
+    """An upper bound on the rows, so the feature matrix is allocated once (never copied)."""
+    if fmt == "parquet":
+        return max(1, pq.ParquetFile(path).metadata.num_rows)
+    newlines = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 24):
+            newlines += chunk.count(b"\n")
+    return newlines + 1
+
+
+def _batches(
+    path: Path, fmt: str, wanted: dict[str, str], missing: list[str]
+) -> Iterator[pa.RecordBatch]:
+    """Batches holding exactly the wanted columns, renamed to the task's names."""
+    site_names = list(wanted.values())
+    task_names = list(wanted)
+    if fmt == "csv":
+        convert = pacsv.ConvertOptions(
+            include_columns=site_names,
+            column_types={c: pa.string() for c in site_names},
+            null_values=missing,
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+        )
+        opts = pacsv.ReadOptions(block_size=BLOCK_BYTES)
+        with pacsv.open_csv(path, read_options=opts, convert_options=convert) as reader:
+            for batch in reader:
+                yield pa.RecordBatch.from_arrays(
+                    [batch.column(c) for c in site_names], names=task_names
+                )
+        return
+    if fmt == "parquet":
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=65536, columns=site_names):
+            yield _nulls_from_tokens(batch, site_names, task_names, missing)
+        return
+    table = pajson.read_json(path).select(site_names)
+    for batch in table.to_batches(max_chunksize=65536):
+        yield _nulls_from_tokens(batch, site_names, task_names, missing)
+
+
+def _nulls_from_tokens(
+    batch: pa.RecordBatch, site_names: list[str], task_names: list[str], missing: list[str]
+) -> pa.RecordBatch:
+    """Formats with typed cells: strings that are a missing token become nulls, as in CSV."""
+    tokens = pa.array(missing, type=pa.string())
+    arrays = []
+    for name in site_names:
+        col = batch.column(name)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            col = pc.if_else(pc.is_in(col, value_set=tokens), pa.nulls(len(col), col.type), col)
+        arrays.append(col)
+    return pa.RecordBatch.from_arrays(arrays, names=task_names)
+
+
+def encode_batch(
+    task: TaskConfig,
+    batch: pa.RecordBatch,
+    path: Path,
+    first_row: int,
+    out: np.ndarray,
+    labels: np.ndarray,
+    problems: Problems,
+) -> None:
+    """Write one batch into ``out`` (its rows of the feature matrix) and ``labels``."""
+    labels[:] = _encode_label(task, batch.column(task.label), path, first_row, problems)
+    col = 0
+    for name, spec in task.columns.items():
+        values = batch.column(name)
+        if isinstance(spec, NumericColumn):
+            width = _encode_numeric(name, spec, values, path, first_row, out, col, problems)
+        elif isinstance(spec, CategoricalColumn):
+            width = _encode_categorical(name, spec, values, path, first_row, out, col, problems)
+        else:
+            width = _encode_boolean(name, spec, values, path, first_row, out, col, problems)
+        col += width
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _refuse_missing(rule: str, missing: np.ndarray, at: Problem, problems: Problems) -> None:
+    """A column declared ``missing = "refuse"`` names its first empty cell."""
+    if rule == "refuse" and missing.any():
+        row = (at.row or 0) + _first(missing) + 1
+        problems.add(Problem(at.file, at.column, row, "missing value"), "missing")
+
+
+def _strings(values: pa.Array) -> np.ndarray:
+    """A column as Python strings or None (integers without a trailing .0)."""
+    if pa.types.is_floating(values.type):
+        floats = values.to_numpy(zero_copy_only=False, writable=True)
+        integral = np.isfinite(floats) & (floats == np.round(floats))
+        shown = [
+            None if np.isnan(v) else (str(int(v)) if whole else str(v))
+            for v, whole in zip(floats, integral, strict=True)
+        ]
+        return np.asarray(shown, dtype=object)
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        values = pc.cast(values, pa.string())
+    return np.asarray(pc.utf8_trim_whitespace(values).to_pylist(), dtype=object)
+
+
+def _encode_label(
+    task: TaskConfig, values: pa.Array, path: Path, first_row: int, problems: Problems
+) -> np.ndarray:
+    text = _strings(values)
+    index = {c: i for i, c in enumerate(task.classes)}
+    out = np.zeros(len(text), dtype=np.int64)
+    for i, v in enumerate(text):
+        if v is None:
+            problems.add(Problem(path, task.label, first_row + i + 1, "missing label"), "missing")
+        elif v not in index:
+            problems.add(
+                Problem(path, task.label, first_row + i + 1, "label outside the declared classes"),
+                "unknown",
+            )
+        else:
+            out[i] = index[v]
+    return out
+
+
+def _numbers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 values with NaN for nulls, mask of cells that are not numbers)."""
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
+        floats = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False, writable=True)
+        return floats, np.zeros(len(floats), dtype=bool)
+    if pa.types.is_boolean(values.type):
+        return np.zeros(len(values)), np.ones(len(values), dtype=bool)
+    trimmed = pc.utf8_trim_whitespace(pc.cast(values, pa.string()))
+    try:
+        floats = pc.cast(trimmed, pa.float64()).to_numpy(zero_copy_only=False, writable=True)
+        return floats, np.zeros(len(floats), dtype=bool)
+    except pa.ArrowInvalid:
+        text = trimmed.to_pylist()
+        floats = np.full(len(text), np.nan)
+        bad = np.zeros(len(text), dtype=bool)
+        for i, v in enumerate(text):
+            if v is None:
+                continue
+            try:
+                floats[i] = float(v)
+            except ValueError:
+                bad[i] = True
+        return floats, bad
+
+
+def _encode_numeric(
+    name: str,
+    spec: NumericColumn,
+    values: pa.Array,
+    path: Path,
+    first_row: int,
+    out: np.ndarray,
+    col: int,
+    problems: Problems,
+) -> int:
+    floats, bad = _numbers(values)
+    if bad.any():
+        problems.add(Problem(path, name, first_row + _first(bad) + 1, "not a number"), "type")
+    floats[bad] = np.nan
+    if spec.zero_means_missing:
+        floats[floats == 0] = np.nan
+    missing = np.isnan(floats) & ~bad
+    _refuse_missing(spec.missing, missing, Problem(path, name, first_row, ""), problems)
+    outside = ~np.isnan(floats) & ((floats < spec.min) | (floats > spec.max))
+    if outside.any():
+        if spec.out_of_range == "refuse":
+            problems.add(
+                Problem(path, name, first_row + _first(outside) + 1,
+                        f"value outside the declared range [{spec.min:g}, {spec.max:g}]"),
+                "range",
+            )  # fmt: skip
+        floats = np.clip(floats, spec.min, spec.max)
+    scaled = 2.0 * (floats - spec.min) / (spec.max - spec.min) - 1.0
+    if spec.impute != "site-median":
+        fill = 0.0 if spec.impute == "mid-range" else _scale(spec, float(spec.impute))
+        scaled[np.isnan(scaled)] = fill
+    out[:, col] = scaled
+    if spec.missing == "impute":
+        out[:, col + 1] = np.isnan(floats) | bad
+        return 2
+    return 1
+
+
+def _scale(spec: NumericColumn, value: float) -> float:
+    return 2.0 * (value - spec.min) / (spec.max - spec.min) - 1.0
+
+
+def _encode_categorical(
+    name: str,
+    spec: CategoricalColumn,
+    values: pa.Array,
+    path: Path,
+    first_row: int,
+    out: np.ndarray,
+    col: int,
+    problems: Problems,
+) -> int:
+    text = _strings(values)
+    width = len(spec.categories) + (1 if spec.unknown == "other" else 0)
+    block = np.zeros((len(text), width), dtype=np.float32)
+    index = {c: i for i, c in enumerate(spec.categories)}
+    missing = np.zeros(len(text), dtype=bool)
+    for i, v in enumerate(text):
+        if v is None:
+            missing[i] = True
+        elif v in index:
+            block[i, index[v]] = 1.0
+        elif spec.unknown == "other":
+            block[i, -1] = 1.0
+        else:
+            problems.add(
+                Problem(path, name, first_row + i + 1, "value outside the declared categories"),
+                "unknown",
+            )
+    _refuse_missing(spec.missing, missing, Problem(path, name, first_row, ""), problems)
+    out[:, col : col + width] = block
+    if spec.missing == "impute":
+        out[:, col + width] = missing
+        return width + 1
+    return width
+
+
+def _encode_boolean(
+    name: str,
+    spec: BooleanColumn,
+    values: pa.Array,
+    path: Path,
+    first_row: int,
+    out: np.ndarray,
+    col: int,
+    problems: Problems,
+) -> int:
+    if pa.types.is_boolean(values.type):
+        text = np.asarray([None if v is None else str(v) for v in values.to_pylist()], dtype=object)
+    else:
+        text = _strings(values)
+    flags = np.zeros(len(text), dtype=np.float32)
+    missing = np.zeros(len(text), dtype=bool)
+    for i, v in enumerate(text):
+        if v is None:
+            missing[i] = True
+        elif v.lower() in TRUE_TOKENS:
+            flags[i] = 1.0
+        elif v.lower() not in FALSE_TOKENS:
+            problems.add(Problem(path, name, first_row + i + 1, "not a boolean"), "type")
+    _refuse_missing(spec.missing, missing, Problem(path, name, first_row, ""), problems)
+    out[:, col] = flags
+    if spec.missing == "impute":
+        out[:, col + 1] = missing
+        return 2
+    return 1
+
+
+def feature_slots(task: TaskConfig) -> dict[str, int]:
+    """Where each numeric column's value sits in the feature layout."""
+    slots, col = {}, 0
+    for name, spec in task.columns.items():
+        slots[name] = col
+        if isinstance(spec, CategoricalColumn):
+            col += len(spec.categories) + (1 if spec.unknown == "other" else 0)
+        else:
+            col += 1
+        col += 1 if spec.missing == "impute" else 0
+    return slots
+
+
+def fit_site_medians(task: TaskConfig, train_x: np.ndarray) -> dict[str, float]:
+    """Medians of this site's own training rows, for columns declared ``site-median``."""
+    slots = feature_slots(task)
+    medians = {}
+    for name in task.site_fitted:
+        column = train_x[:, slots[name]]
+        observed = column[~np.isnan(column)]
+        medians[name] = float(np.median(observed)) if len(observed) else 0.0
+    return medians
+
+
+def impute_site_medians(task: TaskConfig, x: np.ndarray, medians: dict[str, float]) -> None:
+    slots = feature_slots(task)
+    for name, value in medians.items():
+        column = x[:, slots[name]]
+        column[np.isnan(column)] = value
