@@ -7,6 +7,7 @@ scenario's heterogeneity can be checked before any training is spent on it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,11 +16,20 @@ from rich.table import Table
 
 from fedmodel.cli.errors import cli_errors
 from fedmodel.config import DataConfig, PartitionConfig, parse_config
-from fedmodel.data import check_dataset, load_dataset
+from fedmodel.data import DataError, check_dataset, load_dataset
+from fedmodel.data.heart import heart_task, write_heart_site_files
+from fedmodel.data.site import check_site
 from fedmodel.data.stats import PartitionStats, partition_stats
+from fedmodel.errors import ConfigError
+from fedmodel.io import atomic_write_text
+from fedmodel.node_config import load_node_config
+from fedmodel.scenarios import _dump_toml
+from fedmodel.task import load_task
 
 app = typer.Typer(
-    help="Datasets: statistics per partition.", no_args_is_help=True, add_completion=False
+    help="Datasets: statistics per partition; a site's own files checked against a task.",
+    no_args_is_help=True,
+    add_completion=False,
 )
 
 _DEFAULT_PARTITIONS = 2
@@ -77,3 +87,59 @@ def stats(
     console = Console(width=max(100, 24 + 10 * len(result.class_names)))
     console.print(stats_table(result))
     console.print(f"label skew (mean TV distance to the global distribution): {result.skew:.4f}")
+
+
+@app.command("check")
+@cli_errors
+def check(
+    config: Annotated[Path, typer.Option("--config", help="The site's node.toml.")],
+    task: Annotated[
+        Path, typer.Option("--task", help="A task TOML, or a scenario with a [task] table.")
+    ],
+) -> None:
+    """Check this site's files against a declared task: rows, label counts, every problem.
+
+    Local only: it reads the files named in node.toml [data] and prints here; nothing is sent.
+    Exit 2 when any file breaks the task (one line per problem: file, column, first bad row).
+    """
+    node = load_node_config(config)
+    files = node.data.site_files()
+    if files is None:
+        raise ConfigError(f"{config}: data.path: this site names no files of its own")
+    declared = load_task(task)
+    result = check_site(declared, files)
+    if result.problems:  # every problem, one line each: a site fixes its export in one pass
+        for problem in result.problems:
+            typer.echo(f"error: {problem.line()}", err=True)
+        raise typer.Exit(2)
+    console = Console()
+    table = Table(title=f"{node.name}: files for task {declared.name!r}")
+    table.add_column("split")
+    table.add_column("rows", justify="right")
+    for name in declared.classes:
+        table.add_column(f"label {name}", justify="right")
+    for split, rows in result.rows.items():
+        table.add_row(split, str(rows), *(str(c) for c in result.label_counts[split]))
+    console.print(table)
+    console.print(f"ok: {', '.join(str(f) for f in result.files)} match task {declared.name!r}")
+
+
+@app.command("export")
+@cli_errors
+def export(
+    dataset: Annotated[str, typer.Argument(help="Packaged dataset with natural sites: heart.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for one CSV pair per site + task.toml.")],
+) -> None:
+    """Write a packaged dataset as per-site files and its declared task, as sites would hold
+    them: the starting point for trying fedmodel on files before using your own."""
+    if dataset != "heart":
+        raise DataError(f"export: only 'heart' has natural sites to export, not {dataset!r}")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"{out_dir}: not empty; export writes into a new folder")
+    task_text = _dump_toml({"task": heart_task().model_dump(mode="json", exclude_none=True)})
+    files = write_heart_site_files(out_dir)
+    task_file = out_dir / "task.toml"
+    atomic_write_text(task_file, task_text)
+    for name, (train, test) in files.items():
+        typer.echo(f"{name}: {train.name}, {test.name}")
+    typer.echo(f"task: {task_file}")

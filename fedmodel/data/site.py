@@ -521,3 +521,25 @@ def impute_site_medians(task: TaskConfig, x: np.ndarray, medians: dict[str, floa
     for name, value in medians.items():
         column = x[:, slots[name]]
         column[np.isnan(column)] = value
+
+
+@dataclass(frozen=True)
+class SiteCheck:
+    """``fedmodel data check``: what a site's files hold for a task, and every problem."""
+
+    files: list[Path]
+    rows: dict[str, int]  # "train" / "test" -> rows read
+    label_counts: dict[str, list[int]]  # per split, one count per declared class
+    problems: list[Problem]
+
+
+def check_site(task: TaskConfig, files: SiteFiles) -> SiteCheck:
+    """Read every file the site names for ``task``; nothing is trained, nothing is sent."""
+    paths = {"train": files.path} | ({"test": files.test_path} if files.test_path else {})
+    rows, counts, problems = {}, {}, []
+    for split, path in paths.items():
+        table = read_site_table(task, files, path)
+        rows[split] = table.rows
+        counts[split] = np.bincount(table.labels, minlength=task.num_classes).tolist()
+        problems += table.problems
+    return SiteCheck(list(paths.values()), rows, counts, problems)
