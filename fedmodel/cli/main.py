@@ -14,6 +14,7 @@ from fedmodel.cli.predict import predict
 from fedmodel.cli.report_cmd import report
 from fedmodel.cli.server_cmd import app as server_app
 from fedmodel.cli.simulate import simulate
+from fedmodel.cli.task_cmd import app as task_app
 from fedmodel.cli.train_local import train_local
 
 app = typer.Typer(
@@ -27,7 +28,8 @@ app.command("train-local")(train_local)
 app.command("simulate")(simulate)
 app.command("predict")(predict)
 app.command("report")(report)
-app.add_typer(data_app, name="data", help="Datasets: statistics per partition.")
+app.add_typer(data_app, name="data", help="Datasets: statistics; a site's files checked.")
+app.add_typer(task_app, name="task", help="Declared tasks: draft one from a sample file.")
 app.add_typer(ledger_app, name="ledger", help="Privacy ledgers: verify and show.")
 app.add_typer(keys_app, name="keys", help="Node keys: Flower authentication and ledger signing.")
 app.add_typer(pki_app, name="pki", help="Certificate authority and SuperLink TLS certificate.")
