@@ -19,16 +19,14 @@ from clients.train_round import (
     RoundRequest,
     Verified,
     answer,
-    dataset_input_shape,
-    dataset_num_classes,
     policy_reason,
     refuse,
     refused_from,
     seed_secret,
+    site_model,
     verify_request,
 )
 from fedmodel.data.local import client_test_set
-from fedmodel.models import build_model
 from fedmodel.privacy.release import history_entry, release, site_stats
 from fedmodel.privacy.spend import Denied, SpendPlan, reserve
 from fedmodel.training.loop import predict_proba
@@ -47,6 +45,9 @@ def run_evaluate_round(content: RecordDict, context: Context) -> RecordDict:
         return refuse(session, request, "site policy does not share evaluation counts").record()
     if (reason := policy_reason(session.node, request.scenario)) is not None:
         return refuse(session, request, reason).record()
+    model = site_model(session.node, request.scenario)
+    if isinstance(model, str):
+        return refuse(session, request, model).record()
     dataset = client_test_set(request.scenario, session.partition_id, session.num_partitions)
     if reason := delta_violation(policy, request.scenario.dp, len(dataset)):
         quiet = "delta above this site's limit"
@@ -60,9 +61,6 @@ def run_evaluate_round(content: RecordDict, context: Context) -> RecordDict:
     if isinstance(decision, Denied):
         return refused_from(session, decision.entry).record()
     scenario = request.scenario
-    model = build_model(
-        scenario.model, dataset_input_shape(scenario), dataset_num_classes(scenario)
-    )
     model.load_state_dict(verified.channel.global_state())
     labels, probs, _ = predict_proba(
         model, dataset, batch_size=scenario.train.eval_batch_size, device=scenario.train.device

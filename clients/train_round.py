@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from fedmodel.crypto.seal import SealError, SignedRequest
 from fedmodel.data.errors import DataError
 from fedmodel.data.local import client_train_set
 from fedmodel.errors import FedmodelError
-from fedmodel.models import build_model
+from fedmodel.models import ModelError, build_model
 from fedmodel.node_config import NODE_FILE, NodeConfig, load_node_config
 from fedmodel.privacy.accountant import calibrate_noise, sampling_plan
 from fedmodel.privacy.highwater import LedgerRollback
@@ -58,6 +59,8 @@ PLAN_STATE = "dp-plan"
 NO_PIN = "no server pin: the site must pin the coordinator (fedmodel node pin)"
 MODEL_UPDATE = "model-update"
 TRAIN_METRICS = "train-metrics"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,9 @@ def train_round(
 
     if (reason := policy_reason(node, scenario)) is not None:
         return refuse(session, request, reason)
+    model = site_model(node, scenario)
+    if isinstance(model, str):
+        return refuse(session, request, model)
     dataset = client_train_set(scenario, session.partition_id, session.num_partitions)
     n = len(dataset)
     if scenario.dp.enabled and (reason := delta_violation(node.policy, scenario.dp, n)):
@@ -282,10 +288,7 @@ def train_round(
     if isinstance(decision, Denied):
         return refused_from(session, decision.entry)
 
-    torch.manual_seed(decision.seed)  # model construction; train() seeds its own streams
-    model = build_model(
-        scenario.model, dataset_input_shape(scenario), dataset_num_classes(scenario)
-    )
+    torch.manual_seed(decision.seed)  # the round's global stream; train() seeds its own
     model.load_state_dict(global_state)
     proximal = None
     if request.proximal_mu > 0:
@@ -423,6 +426,30 @@ def _released_train_metrics(
 def seed_secret(session: NodeSession) -> bytes:
     """The node's private key bytes: what makes its noise streams unguessable to the server."""
     return session.signing_key.private_bytes_raw()
+
+
+def site_model(node: NodeConfig, scenario: ScenarioConfig) -> torch.nn.Module | str:
+    """The requested model, built before anything is spent; or the reason to refuse instead.
+
+    A custom factory is built with the digest this site's policy lists for it, never the one the
+    request carries: a module changed since the site approved it is refused before its import.
+    The initial weights are seeded inside ``build_model`` (the caller's RNG untouched) and then
+    replaced by the global model. A model that cannot be built (changed sources, an Opacus check
+    it fails) is refused with one fixed line; the detail goes to the site's log only.
+    """
+    cfg = scenario.model
+    listed = None
+    if cfg.name == "custom":
+        listed = node.policy.allowed_model_factories.get(str(cfg.factory))
+        if listed is None:  # policy_violation says so first; never import unchecked
+            return f"site policy does not allow model factory {cfg.factory}"
+    shape, classes = dataset_input_shape(scenario), dataset_num_classes(scenario)
+    try:
+        return build_model(cfg, shape, classes, seed=scenario.train.seed, factory_sha256=listed)
+    except ModelError as err:
+        log.warning("%s: model not built: %s", node.name, err)
+        name = cfg.factory if cfg.name == "custom" else cfg.name
+        return f"model {name} could not be built under this site's checks (see the site's log)"
 
 
 def policy_reason(node: NodeConfig, scenario: ScenarioConfig) -> str | None:
