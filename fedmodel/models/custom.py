@@ -211,6 +211,7 @@ def _refuse_compiled(folder: Path, name: str) -> None:
 
 
 def _one_line(value: object) -> str:
+    """The first sentence of the first line (Opacus' errors run on for a paragraph)."""
     text = str(value).strip().splitlines()
-    first = text[0] if text else ""
+    first = text[0].split(". ")[0] if text else ""
     return f"{type(value).__name__}: {first}" if isinstance(value, BaseException) else first
