@@ -28,6 +28,8 @@ def custom_bench(tmp_path, monkeypatch, body: str | None = None, **model) -> tup
     overrides = {"model.name": "custom", "model.factory": spec, **model}
     scenario = apply_overrides(small_tabular("fedavg"), overrides, "t")
     bench = NodeBench.create(tmp_path, scenario)
+    # a virtual site approves the scenario's factory; this one is a real site: it has not, yet
+    bench.set_node(0, **{"policy.allowed_model_factories": {}})
     reference = reference_model(body is not None, model.get("model.fix_for_dp", False))
     payload = state_dict_to_bytes(reference.state_dict())
     monkeypatch.setattr(bench, "model_payload", lambda scenario=None: payload)
