@@ -24,11 +24,10 @@ from clients.train_round import (
     refused_from,
     seed_secret,
     site_data_refusal,
+    site_model,
     verify_request,
 )
 from fedmodel.data.errors import SiteDataError
-from fedmodel.data.local import model_io
-from fedmodel.models import build_model
 from fedmodel.privacy.release import history_entry, release, site_stats
 from fedmodel.privacy.spend import Denied, SpendPlan, reserve
 from fedmodel.training.loop import predict_proba
@@ -47,6 +46,9 @@ def run_evaluate_round(content: RecordDict, context: Context) -> RecordDict:
         return refuse(session, request, "site policy does not share evaluation counts").record()
     if (reason := policy_reason(session.node, request.scenario)) is not None:
         return refuse(session, request, reason).record()
+    model = site_model(session.node, request.scenario)
+    if isinstance(model, str):
+        return refuse(session, request, model).record()
     try:
         dataset = session.rows(request.scenario, test=True)
     except SiteDataError as err:
@@ -63,7 +65,6 @@ def run_evaluate_round(content: RecordDict, context: Context) -> RecordDict:
     if isinstance(decision, Denied):
         return refused_from(session, decision.entry).record()
     scenario = request.scenario
-    model = build_model(scenario.model, *model_io(scenario))
     model.load_state_dict(verified.channel.global_state())
     labels, probs, _ = predict_proba(
         model, dataset, batch_size=scenario.train.eval_batch_size, device=scenario.train.device

@@ -14,6 +14,9 @@ def policy_violation(policy: SitePolicy, scenario: ScenarioConfig) -> str | None
         return "site policy requires DP-SGD; the run asked for training without DP"
     if policy.allowed_models is not None and scenario.model.name not in policy.allowed_models:
         return f"site policy does not allow model {scenario.model.name!r}"
+    factory = scenario.model.factory
+    if scenario.model.name == "custom" and factory not in policy.allowed_model_factories:
+        return f"site policy does not allow model factory {factory}"
     if (reason := _data_violation(policy, scenario)) is not None:
         return reason
     if (

@@ -43,7 +43,7 @@ from fedmodel.crypto.seal import SealError, SignedRequest
 from fedmodel.data.errors import DataError, SiteDataError
 from fedmodel.data.local import model_io, node_rows
 from fedmodel.errors import FedmodelError
-from fedmodel.models import build_model
+from fedmodel.models import ModelError, build_model
 from fedmodel.node_config import NODE_FILE, NodeConfig, load_node_config
 from fedmodel.privacy.accountant import calibrate_noise, sampling_plan
 from fedmodel.privacy.highwater import LedgerRollback
@@ -61,7 +61,7 @@ NO_PIN = "no server pin: the site must pin the coordinator (fedmodel node pin)"
 MODEL_UPDATE = "model-update"
 TRAIN_METRICS = "train-metrics"
 
-LOG = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -282,6 +282,9 @@ def train_round(
 
     if (reason := policy_reason(node, scenario)) is not None:
         return refuse(session, request, reason)
+    model = site_model(node, scenario)
+    if isinstance(model, str):
+        return refuse(session, request, model)
     try:
         dataset = session.rows(scenario)
     except SiteDataError as err:
@@ -305,8 +308,7 @@ def train_round(
     if isinstance(decision, Denied):
         return refused_from(session, decision.entry)
 
-    torch.manual_seed(decision.seed)  # model construction; train() seeds its own streams
-    model = build_model(scenario.model, *model_io(scenario))
+    torch.manual_seed(decision.seed)  # the round's global stream; train() seeds its own
     model.load_state_dict(global_state)
     proximal = None
     if request.proximal_mu > 0:
@@ -446,6 +448,30 @@ def seed_secret(session: NodeSession) -> bytes:
     return session.signing_key.private_bytes_raw()
 
 
+def site_model(node: NodeConfig, scenario: ScenarioConfig) -> torch.nn.Module | str:
+    """The requested model, built before anything is spent; or the reason to refuse instead.
+
+    A custom factory is built with the digest this site's policy lists for it, never the one the
+    request carries: a module changed since the site approved it is refused before its import.
+    The initial weights are seeded inside ``build_model`` (the caller's RNG untouched) and then
+    replaced by the global model. A model that cannot be built (changed sources, an Opacus check
+    it fails) is refused with one fixed line; the detail goes to the site's log only.
+    """
+    cfg = scenario.model
+    listed = None
+    if cfg.name == "custom":
+        listed = node.policy.allowed_model_factories.get(str(cfg.factory))
+        if listed is None:  # policy_violation says so first; never import unchecked
+            return f"site policy does not allow model factory {cfg.factory}"
+    shape, classes = model_io(scenario)
+    try:
+        return build_model(cfg, shape, classes, seed=scenario.train.seed, factory_sha256=listed)
+    except ModelError as err:
+        log.warning("%s: model not built: %s", node.name, err)
+        name = cfg.factory if cfg.name == "custom" else cfg.name
+        return f"model {name} could not be built under this site's checks (see the site's log)"
+
+
 def policy_reason(node: NodeConfig, scenario: ScenarioConfig) -> str | None:
     """The site's policy, plus the transport rule that only the node can enforce."""
     if node.policy.require_sealed_updates and not scenario.security.sealed_updates:
@@ -548,7 +574,7 @@ def site_data_refusal(scenario: ScenarioConfig, err: SiteDataError) -> str:
     """What the coordinator hears when the site's files do not fit the task: the task's name
     for the column (public: the task declares it), never a row, a value or a path; the whole
     line goes to the site's own log."""
-    LOG.warning("site data refused: %s", err)
+    log.warning("site data refused: %s", err)
     task = scenario.task.name if scenario.task is not None else scenario.data.dataset
     where = f" (column {err.column!r})" if err.column is not None else ""
     return f"site data does not match task {task!r}{where}; details in the site's log"

@@ -12,9 +12,16 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from fedmodel.errors import ConfigError
 from fedmodel.task import SiteFiles, TaskConfig
@@ -22,7 +29,11 @@ from fedmodel.task import SiteFiles, TaskConfig
 DatasetName = Literal[
     "mnist", "rotten-tomatoes", "heart", "german-credit", "adult", "digits", "breast-cancer"
 ]
-ModelName = Literal["cnn", "mlp", "minilm"]
+ModelName = Literal["cnn", "mlp", "minilm", "custom"]
+# "package.module:function": a model factory a site installed and approved (fedmodel.models.custom)
+FACTORY_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+FactorySpec = Annotated[str, StringConstraints(pattern=FACTORY_PATTERN)]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"]
 Neighbouring = Literal["replace-one", "add-remove"]
 # L2 sensitivity of the sum of clipped site updates, in units of the clipping norm C: adding or
@@ -63,6 +74,32 @@ class ModelConfig(StrictModel):
     bert_layers: int = Field(2, ge=1, le=6, description="MiniLM encoder layers kept")
     bert_trainable: Literal["head", "top-k", "all-but-embeddings"] = "top-k"
     bert_top_k: int = Field(1, ge=1, le=6)
+    factory: FactorySpec | None = Field(
+        None, description='custom only: "package.module:function" building the model'
+    )
+    factory_sha256: Sha256Hex | None = Field(
+        None,
+        description="custom only: the source digest the coordinator expects (fedmodel model "
+        "hash); each site checks against the digest its own policy lists instead",
+    )
+    fix_for_dp: bool = Field(
+        False,
+        description="custom only: apply Opacus ModuleValidator.fix (e.g. BatchNorm to GroupNorm) "
+        "when the model fails its DP-SGD validation",
+    )
+
+    @model_validator(mode="after")
+    def _factory_only_for_custom(self) -> ModelConfig:
+        if self.name == "custom" and self.factory is None:
+            raise ValueError('model: name "custom" needs model.factory ("package.module:function")')
+        if self.name != "custom" and (
+            self.factory is not None or self.factory_sha256 is not None or self.fix_for_dp
+        ):
+            raise ValueError(
+                f'model: factory, factory_sha256 and fix_for_dp need name "custom", not '
+                f"{self.name!r}"
+            )
+        return self
 
 
 class OptimizerConfig(StrictModel):

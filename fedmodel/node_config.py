@@ -22,7 +22,15 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints, model_validator
 
-from fedmodel.config import ConfigError, ModelName, PrivacyBudget, StrictModel, load_toml
+from fedmodel.config import (
+    ConfigError,
+    FactorySpec,
+    ModelName,
+    PrivacyBudget,
+    Sha256Hex,
+    StrictModel,
+    load_toml,
+)
 from fedmodel.net import host_of, is_loopback
 from fedmodel.nodenames import NODE_NAME_PATTERN, NODE_NAME_RULE
 from fedmodel.privacy.highwater import MARK_FILE
@@ -42,7 +50,17 @@ class SitePolicy(StrictModel):
     require_dp: bool = True
     min_noise_multiplier: float = Field(0.0, ge=0)
     max_grad_norm_cap: float | None = Field(None, gt=0, description="largest clipping norm allowed")
-    allowed_models: list[ModelName] | None = None
+    allowed_models: list[ModelName] | None = Field(
+        None,
+        description="model names a run may use; absent: any. A site that lists them and "
+        'approves a custom factory lists "custom" too',
+    )
+    allowed_model_factories: dict[FactorySpec, Sha256Hex] = Field(
+        default_factory=dict,
+        description='"package.module:function" -> the SHA-256 of its sources the site approved '
+        "(fedmodel model hash); a custom model is imported only when listed and unchanged. "
+        "Empty: no custom model",
+    )
     allowed_datasets: list[str] | None = None
     allowed_tasks: list[Annotated[str, StringConstraints(pattern=TASK_NAME_PATTERN)]] | None = (
         Field(None, description="declared tasks this site's own data may serve (absent: any)")

@@ -7,6 +7,7 @@ same one-line error as a bad file would.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def scenario_to_toml(cfg: ScenarioConfig) -> str:
 def _dump_toml(data: dict[str, Any]) -> str:
     scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    lines = [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in scalars.items()]
     for name, table in tables.items():
         lines.extend(_dump_table(name, table))
     return "\n".join(lines) + "\n"
@@ -104,10 +105,15 @@ def _dump_toml(data: dict[str, Any]) -> str:
 def _dump_table(name: str, table: dict[str, Any]) -> list[str]:
     lines = ["", f"[{name}]"]
     nested = {k: v for k, v in table.items() if isinstance(v, dict)}
-    lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if k not in nested]
+    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if k not in nested]
     for key, sub in nested.items():
         lines.extend(_dump_table(f'{name}."{key}"', sub))
     return lines
+
+
+def _toml_key(key: str) -> str:
+    """A bare key where TOML allows one, else quoted (``"pkg.mod:make" = ...`` in a policy)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
 
 
 def _toml_value(v: Any) -> str:

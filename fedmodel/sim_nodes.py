@@ -30,7 +30,10 @@ def prepare_sim_nodes(nodes_dir: Path, scenario: ScenarioConfig) -> list[Path]:
                 budget=scenario.budget_for(pid),
                 data=_node_data(scenario, pid),
                 # the researcher's virtual sites take part in the evaluation they simulate
-                policy=SitePolicy(share_eval_metrics=scenario.evaluation.federated),
+                policy=SitePolicy(
+                    share_eval_metrics=scenario.evaluation.federated,
+                    allowed_model_factories=_approved_factory(scenario),
+                ),
             )
             atomic_write_text(node_file, _dump_toml(cfg.model_dump(mode="json", exclude_none=True)))
         signing_key = folder / "keys" / "signing.ed25519"
@@ -50,6 +53,18 @@ def _node_data(scenario: ScenarioConfig, pid: int) -> NodeData:
     if site.get("test_path") is not None:
         site["test_path"] = str(Path(site["test_path"]).absolute())
     return NodeData.model_validate(site)
+
+
+def _approved_factory(scenario: ScenarioConfig) -> dict[str, str]:
+    """The researcher's virtual sites approve the scenario's custom factory as it is on this disk
+    now (or as ``factory_sha256`` names it): the approval a real site gives with ``fedmodel model
+    hash``. A file changed later in the run is refused like at any site."""
+    model = scenario.model
+    if model.name != "custom" or model.factory is None:
+        return {}
+    from fedmodel.models.custom import factory_digest
+
+    return {model.factory: model.factory_sha256 or factory_digest(model.factory)}
 
 
 def pin_server(nodes_dir: Path, exchange_fingerprint: str, verify_key_path: Path) -> list[Path]:

@@ -319,8 +319,16 @@ def _server_keys(settings: ServerSettings) -> ServerKeys:
 
 
 def _initial_model(scenario: ScenarioConfig, splits: DatasetSplits) -> torch.nn.Module:
+    """The model the server starts from, aggregates into and evaluates: for a custom factory,
+    the same factory the sites build, checked against the scenario's ``factory_sha256`` when it
+    names one (the coordinator's own check; each site checks its own approved digest)."""
     torch.manual_seed(scenario.train.seed)
-    return build_model(scenario.model, tuple(splits.input_shape), splits.num_classes)
+    return build_model(
+        scenario.model,
+        tuple(splits.input_shape),
+        splits.num_classes,
+        factory_sha256=scenario.model.factory_sha256,
+    )
 
 
 def _starting_point(

@@ -8,6 +8,7 @@ from fedmodel.cli.audit_cmd import app as audit_app
 from fedmodel.cli.data_cmd import app as data_app
 from fedmodel.cli.keys_cmd import app as keys_app
 from fedmodel.cli.ledger_cmd import app as ledger_app
+from fedmodel.cli.model_cmd import app as model_app
 from fedmodel.cli.node_cmd import app as node_app
 from fedmodel.cli.pki_cmd import app as pki_app
 from fedmodel.cli.predict import predict
@@ -35,6 +36,7 @@ app.add_typer(keys_app, name="keys", help="Node keys: Flower authentication and 
 app.add_typer(pki_app, name="pki", help="Certificate authority and SuperLink TLS certificate.")
 app.add_typer(server_app, name="server", help="Coordinator: SuperLink and federated runs.")
 app.add_typer(node_app, name="node", help="Site: SuperNode, its status and privacy budget.")
+app.add_typer(model_app, name="model", help="Custom model factories: the digest a site approves.")
 app.add_typer(audit_app, name="audit", help="Audits: the server's signed log; privacy attacks.")
 
 

@@ -150,7 +150,13 @@ def run_local_training(
     from fedmodel.training.export import export_model
 
     splits = load_dataset(cfg.data)
-    net = build_model(cfg.model, splits.input_shape, splits.num_classes, seed=cfg.train.seed)
+    net = build_model(
+        cfg.model,
+        splits.input_shape,
+        splits.num_classes,
+        seed=cfg.train.seed,
+        factory_sha256=cfg.model.factory_sha256,
+    )
     with Progress(
         TextColumn("epoch {task.fields[epoch]}"),
         BarColumn(),

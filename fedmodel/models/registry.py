@@ -10,7 +10,7 @@ from torch import nn
 from fedmodel.config import ModelConfig
 from fedmodel.models.errors import ModelError
 
-MODEL_NAMES = ("cnn", "mlp", "minilm")
+MODEL_NAMES = ("cnn", "mlp", "minilm", "custom")
 
 __all__ = ["MODEL_NAMES", "ModelError", "build_model"]
 
@@ -21,12 +21,17 @@ def build_model(
     num_classes: int,
     *,
     seed: int | None = None,
+    factory_sha256: str | None = None,
 ) -> nn.Module:
     """A fresh model for ``input_shape`` (one example, no batch dim) and ``num_classes``.
 
     With ``seed`` the initial weights are reproducible without touching the caller's global RNG
     (the draw happens inside ``torch.random.fork_rng``), so every federated client and the
     server can build the identical starting model.
+
+    ``factory_sha256`` is the digest a ``custom`` model's sources must have before they are
+    imported (:mod:`fedmodel.models.custom`). The caller decides whom to trust for it: a node
+    passes the digest its own policy lists, never the request's; the server its scenario's.
     """
     if num_classes < 2:
         raise ModelError(f"model: need at least 2 classes, got {num_classes}")
@@ -34,13 +39,19 @@ def build_model(
     if not shape or any(d < 1 for d in shape):
         raise ModelError(f"model: invalid input_shape {shape}")
     if seed is None:
-        return _build(cfg, shape, num_classes)
+        return _build(cfg, shape, num_classes, factory_sha256)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _build(cfg, shape, num_classes)
+        return _build(cfg, shape, num_classes, factory_sha256)
 
 
-def _build(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def _build(
+    cfg: ModelConfig, shape: tuple[int, ...], num_classes: int, factory_sha256: str | None
+) -> nn.Module:
+    if cfg.name == "custom":
+        from fedmodel.models.custom import build_custom
+
+        return build_custom(cfg, shape, num_classes, factory_sha256)
     if cfg.name == "cnn":
         from fedmodel.models.cnn import CNN
 

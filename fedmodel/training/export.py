@@ -59,7 +59,7 @@ def load_exported(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         num_classes = int(meta["num_classes"])
     except (KeyError, TypeError, ValueError, ValidationError) as err:
         raise TrainingError(f"{weights}: sidecar lacks a valid model description: {err}") from None
-    model = build_model(cfg, input_shape, num_classes)
+    model = build_model(cfg, input_shape, num_classes, factory_sha256=cfg.factory_sha256)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

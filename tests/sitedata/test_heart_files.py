@@ -73,9 +73,11 @@ def _accuracy(run_dir: Path) -> float:
 
 def test_files_reach_the_packaged_accuracy(runs):
     files, packaged = _accuracy(runs["files"]), _accuracy(runs["packaged"])
-    # 185 held-out patients: one seed's accuracy moves by about 0.035 (binomial sd)
-    assert abs(files - packaged) < 0.08, (files, packaged)
-    assert files > 0.7
+    # 185 held-out patients: one seed's accuracy moves by about 0.035 (binomial sd), and the
+    # packaged path's own seeds spread wider (0.62-0.75 seen at these settings). The declared
+    # path must be no worse than the packaged one beyond that noise, and useful on its own.
+    assert files > packaged - 0.08, (files, packaged)
+    assert files > 0.7, (files, packaged)
 
 
 def test_no_patient_id_leaves_the_file(runs, hospitals):

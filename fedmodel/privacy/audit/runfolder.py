@@ -342,7 +342,14 @@ def _k_plus(options: AuditOptions) -> int:
 
 def fresh_model(scenario: ScenarioConfig, splits: DatasetSplits, seed: int) -> nn.Module:
     """An untrained model of the run's architecture (seeded; the caller's RNG untouched)."""
-    return build_model(scenario.model, splits.input_shape, splits.num_classes, seed=seed)
+    model = scenario.model
+    return build_model(
+        model,
+        splits.input_shape,
+        splits.num_classes,
+        seed=seed,
+        factory_sha256=model.factory_sha256,
+    )
 
 
 def _site_epochs(scenario: ScenarioConfig, site: Site) -> int:
