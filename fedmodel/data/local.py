@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 from fedmodel.config import DataConfig, PartitionConfig, ScenarioConfig
 from fedmodel.data import DatasetSplits, dataset_labels, load_dataset, partition_indices
@@ -124,23 +124,28 @@ def coordinator_splits(scenario: ScenarioConfig, oracle: bool = False) -> Datase
     if task is None:
         return dataset_splits(scenario)
     width = task.input_shape
-    xs = [torch.zeros((0, *width))]
-    ys = [torch.zeros(0, dtype=torch.int64)]
-    if oracle:
-        for site in scenario.sites:
-            x, y = site_splits_cached(task, site).test.tensors
-            xs.append(x)
-            ys.append(y)
-    empty = TensorDataset(torch.zeros((0, *width)), torch.zeros(0, dtype=torch.int64))
+    empty = _empty_rows(task)
+    test: Dataset = empty
+    if oracle and scenario.sites:
+        test = ConcatDataset([site_splits_cached(task, site).test for site in scenario.sites])
     return DatasetSplits(
         name=task.name,
         task=task.kind,
         num_classes=task.num_classes,
         train=empty,
-        test=TensorDataset(torch.cat(xs), torch.cat(ys)),
+        test=test,
         train_groups=None,
         test_groups=None,
         group_names=[s.name for s in scenario.sites],
         input_shape=width,
         class_names=list(task.classes),
     )
+
+
+def _empty_rows(task: TaskConfig) -> TensorDataset:
+    """No rows, in the task's layout: what the coordinator of a declared task holds."""
+    labels = torch.zeros(0, dtype=torch.int64)
+    if task.kind == "text":
+        ids = torch.zeros((0, task.max_length), dtype=torch.int64)
+        return TensorDataset(ids, ids.clone(), labels)
+    return TensorDataset(torch.zeros((0, *task.input_shape)), labels)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 from fedmodel.data.errors import SiteDataError
+
+if TYPE_CHECKING:
+    from fedmodel.data.site_texts import SiteTexts
 from fedmodel.data.split import holdout_split
 from fedmodel.task import (
     FALSE_TOKENS,
@@ -97,6 +101,8 @@ class SiteSplits:
 
 def site_splits(task: TaskConfig, files: SiteFiles) -> SiteSplits:
     """The site's train/test rows; the first problem in either file is a ``SiteDataError``."""
+    if task.kind == "text":
+        return _text_splits(task, files)
     train_table = _checked(read_site_table(task, files, files.path))
     if files.test_path is not None:
         test_table = _checked(read_site_table(task, files, files.test_path))
@@ -119,10 +125,26 @@ def site_splits(task: TaskConfig, files: SiteFiles) -> SiteSplits:
 
 
 def _checked(table: SiteTable) -> SiteTable:
-    if table.problems:
-        first = table.problems[0]
-        raise SiteDataError(first.line(), column=first.column)
+    raise_first(table.problems)
     return table
+
+
+def raise_first(problems: list[Problem]) -> None:
+    if problems:
+        raise SiteDataError(problems[0].line(), column=problems[0].column)
+
+
+def _text_splits(task: TaskConfig, files: SiteFiles) -> SiteSplits:
+    from fedmodel.data.site_texts import read_site_texts, text_datasets
+
+    train = read_site_texts(task, files, files.path)
+    raise_first(train.problems)
+    test = None
+    if files.test_path is not None:
+        test = read_site_texts(task, files, files.test_path)
+        raise_first(test.problems)
+    train_set, test_set = text_datasets(task, files, train, test)
+    return SiteSplits(train_set, test_set, {})
 
 
 def read_site_table(task: TaskConfig, files: SiteFiles, path: Path) -> SiteTable:
@@ -130,22 +152,16 @@ def read_site_table(task: TaskConfig, files: SiteFiles, path: Path) -> SiteTable
     if task.kind != "tabular":
         raise SiteDataError(f"{path}: read_site_table reads tabular tasks, not {task.kind}")
     problems = Problems()
-    fmt = files.format or _format_of(path)
-    if not path.is_file():
-        return SiteTable(path, _empty(task), np.zeros(0, np.int64), [_no_file(path)])
-    try:
-        header = _header(path, fmt)
-    except (pa.ArrowException, OSError, UnicodeDecodeError) as err:
-        return _unreadable(task, path, err)
-    wanted = _map_columns(task, files, header, path, problems)
-    if problems.found:
+    opened = open_columns(task, files, path, problems)
+    if opened is None:
         return SiteTable(path, _empty(task), np.zeros(0, np.int64), problems.found)
+    fmt, wanted = opened
     capacity = _row_capacity(path, fmt)
     features = np.empty((capacity, len(task.feature_names)), dtype=np.float32)
     labels = np.empty(capacity, dtype=np.int64)
     row = 0
     try:
-        for batch in _batches(path, fmt, wanted, task.missing_values):
+        for batch in column_batches(path, fmt, wanted, task.missing_values):
             n = batch.num_rows
             if row + n > capacity:  # a count that undershot (no trailing newline, say)
                 capacity = max(2 * capacity, row + n)
@@ -154,23 +170,41 @@ def read_site_table(task: TaskConfig, files: SiteFiles, path: Path) -> SiteTable
             rows = slice(row, row + n)
             encode_batch(task, batch, path, row, features[rows], labels[rows], problems)
             row += n
-    except (pa.ArrowException, OSError, UnicodeDecodeError) as err:
-        return _unreadable(task, path, err, row)
+    except READ_ERRORS as err:
+        problems.add(unreadable(path, err, row), "unreadable")
+        return SiteTable(path, _empty(task), np.zeros(0, np.int64), problems.found)
     if row == 0:
         problems.add(Problem(path, None, None, "no rows"), "empty")
     return SiteTable(path, features[:row], labels[:row], problems.found)
 
 
-def _no_file(path: Path) -> Problem:
-    return Problem(path, None, None, "no such file")
+READ_ERRORS = (pa.ArrowException, OSError, UnicodeDecodeError)
 
 
-def _unreadable(task: TaskConfig, path: Path, err: BaseException, row: int = 0) -> SiteTable:
+def open_columns(
+    task: TaskConfig, files: SiteFiles, path: Path, problems: Problems
+) -> tuple[str, dict[str, str]] | None:
+    """(format, the site's column for each task column), or ``None`` with the problems noted:
+    no file, an unreadable header, missing, undeclared or doubly mapped columns."""
+    if not path.is_file():
+        problems.add(Problem(path, None, None, "no such file"), "missing-file")
+        return None
+    fmt = files.format or _format_of(path)
+    try:
+        header = _header(path, fmt)
+    except READ_ERRORS as err:
+        problems.add(unreadable(path, err), "unreadable")
+        return None
+    wanted = _map_columns(task, files, header, path, problems)
+    return None if problems.found else (fmt, wanted)
+
+
+def unreadable(path: Path, err: BaseException, row: int = 0) -> Problem:
     """pyarrow's messages can quote a whole line of the file: never pass them on."""
     what = f"unreadable {type(err).__name__} after row {row}" if row else "unreadable file"
     if isinstance(err, pa.ArrowInvalid) and "column" in str(err).lower():
         what = f"malformed row after row {row} (wrong number of fields or bad quoting)"
-    return SiteTable(path, _empty(task), np.zeros(0, np.int64), [Problem(path, None, None, what)])
+    return Problem(path, None, None, what)
 
 
 def _empty(task: TaskConfig) -> np.ndarray:
@@ -247,7 +281,7 @@ def _row_capacity(path: Path, fmt: str) -> int:
     return newlines + 1
 
 
-def _batches(
+def column_batches(
     path: Path, fmt: str, wanted: dict[str, str], missing: list[str]
 ) -> Iterator[pa.RecordBatch]:
     """Batches holding exactly the wanted columns, renamed to the task's names."""
@@ -301,7 +335,7 @@ def encode_batch(
     problems: Problems,
 ) -> None:
     """Write one batch into ``out`` (its rows of the feature matrix) and ``labels``."""
-    labels[:] = _encode_label(task, batch.column(task.label), path, first_row, problems)
+    labels[:] = encode_labels(task, batch.column(task.label), path, first_row, problems)
     col = 0
     for name, spec in task.columns.items():
         values = batch.column(name)
@@ -325,7 +359,7 @@ def _refuse_missing(rule: str, missing: np.ndarray, at: Problem, problems: Probl
         problems.add(Problem(at.file, at.column, row, "missing value"), "missing")
 
 
-def _strings(values: pa.Array) -> np.ndarray:
+def cell_strings(values: pa.Array) -> np.ndarray:
     """A column as Python strings or None (integers without a trailing .0)."""
     if pa.types.is_floating(values.type):
         floats = values.to_numpy(zero_copy_only=False, writable=True)
@@ -340,10 +374,10 @@ def _strings(values: pa.Array) -> np.ndarray:
     return np.asarray(pc.utf8_trim_whitespace(values).to_pylist(), dtype=object)
 
 
-def _encode_label(
+def encode_labels(
     task: TaskConfig, values: pa.Array, path: Path, first_row: int, problems: Problems
 ) -> np.ndarray:
-    text = _strings(values)
+    text = cell_strings(values)
     index = {c: i for i, c in enumerate(task.classes)}
     out = np.zeros(len(text), dtype=np.int64)
     for i, v in enumerate(text):
@@ -436,7 +470,7 @@ def _encode_categorical(
     col: int,
     problems: Problems,
 ) -> int:
-    text = _strings(values)
+    text = cell_strings(values)
     width = len(spec.categories) + (1 if spec.unknown == "other" else 0)
     block = np.zeros((len(text), width), dtype=np.float32)
     index = {c: i for i, c in enumerate(spec.categories)}
@@ -474,7 +508,7 @@ def _encode_boolean(
     if pa.types.is_boolean(values.type):
         text = np.asarray([None if v is None else str(v) for v in values.to_pylist()], dtype=object)
     else:
-        text = _strings(values)
+        text = cell_strings(values)
     flags = np.zeros(len(text), dtype=np.float32)
     missing = np.zeros(len(text), dtype=bool)
     for i, v in enumerate(text):
@@ -538,8 +572,16 @@ def check_site(task: TaskConfig, files: SiteFiles) -> SiteCheck:
     paths = {"train": files.path} | ({"test": files.test_path} if files.test_path else {})
     rows, counts, problems = {}, {}, []
     for split, path in paths.items():
-        table = read_site_table(task, files, path)
+        table = _read_for_check(task, files, path)
         rows[split] = table.rows
         counts[split] = np.bincount(table.labels, minlength=task.num_classes).tolist()
         problems += table.problems
     return SiteCheck(list(paths.values()), rows, counts, problems)
+
+
+def _read_for_check(task: TaskConfig, files: SiteFiles, path: Path) -> SiteTable | SiteTexts:
+    if task.kind == "text":
+        from fedmodel.data.site_texts import read_site_texts
+
+        return read_site_texts(task, files, path)
+    return read_site_table(task, files, path)
