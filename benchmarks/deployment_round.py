@@ -55,6 +55,7 @@ from fedmodel.crypto.seal import sign_request, state_dict_to_bytes  # noqa: E402
 from fedmodel.data import load_dataset  # noqa: E402
 from fedmodel.io import atomic_write_json  # noqa: E402
 from fedmodel.models import build_model  # noqa: E402
+from fedmodel.partitions import dump_assignment  # noqa: E402
 from fedmodel.scenarios import apply_overrides, scenario_to_toml, tiny_tabular  # noqa: E402
 from fedmodel.training import evaluate  # noqa: E402
 from server import wire  # noqa: E402
@@ -113,6 +114,7 @@ def client_compute(cfg: ScenarioConfig, fed: Federation, repeats: int) -> dict[s
     for name in NODES:
         write_pin(fed.node_toml(name).parent, keys.exchange_fingerprint, keys.verify_key_path)
     payload = state_dict_to_bytes(model.state_dict())
+    assignment = {name: (k, len(NODES)) for k, name in enumerate(NODES)}  # as server.toml says
     out = {}
     for name in NODES:
         context = Context(0, 0, {"config": str(fed.node_toml(name))}, RecordDict(), {})
@@ -121,7 +123,8 @@ def client_compute(cfg: ScenarioConfig, fed: Federation, repeats: int) -> dict[s
             run_id = f"bench-{name}-{rnd}-{time.time_ns()}"
             traffic = SignedTraffic(keys, {}, run_id, sealed=False)
             request = {wire.RUN_ID: run_id, wire.NUM_ROUNDS: 99,
-                       wire.SCENARIO: cfg.without_budgets().model_dump_json()}  # fmt: skip
+                       wire.SCENARIO: cfg.without_budgets().model_dump_json(),
+                       wire.PARTITIONS: dump_assignment(assignment)}  # fmt: skip
             signed = traffic.node_config(request, 1, "train", 0, int(time.time()) + 600)
             blob = sign_request(payload, keys.signing, signed)
             message = Message(wire.request_record(blob), dst_node_id=0, message_type="train")

@@ -49,8 +49,10 @@ def run_evaluate_round(content: RecordDict, context: Context) -> RecordDict:
     model = site_model(session.node, request.scenario)
     if isinstance(model, str):
         return refuse(session, request, model).record()
+    if (reason := session.partition_reason(request)) is not None:
+        return refuse(session, request, reason).record()
     try:
-        dataset = session.rows(request.scenario, test=True)
+        dataset = session.rows(request, test=True)
     except SiteDataError as err:
         return refuse(session, request, site_data_refusal(request.scenario, err)).record()
     if reason := delta_violation(policy, request.scenario.dp, len(dataset)):

@@ -45,6 +45,7 @@ from fedmodel.data.local import model_io, node_rows
 from fedmodel.errors import FedmodelError
 from fedmodel.models import ModelError, build_model
 from fedmodel.node_config import NODE_FILE, NodeConfig, load_node_config
+from fedmodel.partitions import Assignment, parse_assignment
 from fedmodel.privacy.accountant import calibrate_noise, sampling_plan
 from fedmodel.privacy.highwater import LedgerRollback
 from fedmodel.privacy.ledger import NO_DP, Ledger, LedgerEntry, LedgerError
@@ -74,6 +75,7 @@ class RoundRequest:
     scenario: ScenarioConfig
     proximal_mu: float
     digest: bytes = b""  # SHA-256 of the signed blob: the request, exactly as the server signed it
+    partitions: Assignment | None = None  # the coordinator's signed table, for packaged rows
 
     @classmethod
     def from_signed(cls, signed: SignedRequest, digest: bytes = b"") -> RoundRequest:
@@ -84,7 +86,10 @@ class RoundRequest:
             mu = float(config.get(wire.PROXIMAL_MU, 0.0))
         except Exception:  # pydantic, a missing key: the request itself is malformed
             raise ConfigError("malformed training request (scenario or plan)") from None
-        return cls(signed.run_id, signed.round, num_rounds, scenario, mu, digest)
+        table = None
+        if wire.PARTITIONS in config:
+            table = parse_assignment(str(config[wire.PARTITIONS]), "request")
+        return cls(signed.run_id, signed.round, num_rounds, scenario, mu, digest, table)
 
 
 def node_file_for(context: Context, sim_nodes_dir: str | None) -> Path:
@@ -122,12 +127,31 @@ class NodeSession:
             quiet=not policy.dataset_size_public,
         )
 
-    def rows(self, scenario: ScenarioConfig, *, test: bool = False) -> Dataset:
-        """This site's rows for the request (its own files, or its packaged partition)."""
+    def rows(self, request: RoundRequest, *, test: bool = False) -> Dataset:
+        """This site's rows for the request: its own files, or the packaged partition the
+        coordinator assigned it (see :func:`partition_reason` for a contradiction)."""
         partition = None
-        if self.partition_id is not None and self.num_partitions is not None:
+        if request.partitions is not None and self.node.name in request.partitions:
+            partition = request.partitions[self.node.name]
+        elif self.partition_id is not None and self.num_partitions is not None:
             partition = (self.partition_id, self.num_partitions)
-        return node_rows(scenario, self.node.data.site_files(), partition, test)
+        return node_rows(request.scenario, self.node.data.site_files(), partition, test)
+
+    def partition_reason(self, request: RoundRequest) -> str | None:
+        """Packaged rows come from the coordinator's signed table: a site it left out, or one
+        whose own ``node.toml`` names another partition, refuses (two sites, one partition)."""
+        if request.scenario.task is not None or request.partitions is None:
+            return None
+        assigned = request.partitions.get(self.node.name)
+        if assigned is None:
+            return "the coordinator's partition table assigns this site no partition"
+        own = self.node.data
+        if own.partition_id is not None and (own.partition_id, own.num_partitions) != assigned:
+            return (
+                f"the coordinator assigned partition {assigned[0]} of {assigned[1]}; this site's "
+                f"node.toml says {own.partition_id} of {own.num_partitions}"
+            )
+        return None
 
 
 def open_session(node_file: Path, context: Context) -> NodeSession:
@@ -135,10 +159,8 @@ def open_session(node_file: Path, context: Context) -> NodeSession:
     nc = context.node_config
     pid = node.data.partition_id if node.data.partition_id is not None else nc.get("partition-id")
     nparts = node.data.num_partitions or nc.get("num-partitions")
-    if node.data.path is not None:  # its own files: no partition of anything
-        pid = nparts = None
-    elif pid is None or nparts is None:
-        raise ConfigError(f"{node.name}: data.partition_id / data.num_partitions not configured")
+    if node.data.path is not None or pid is None or nparts is None:
+        pid = nparts = None  # its own files, or the partition the coordinator's request assigns
     signing_key = load_signing_key(node.signing_key)
     ledger = Ledger(node.ledger_dir, signing_key, node=node.name, mark=node.high_water_mark)
     return NodeSession(
@@ -285,8 +307,10 @@ def train_round(
     model = site_model(node, scenario)
     if isinstance(model, str):
         return refuse(session, request, model)
+    if (reason := session.partition_reason(request)) is not None:
+        return refuse(session, request, reason)
     try:
-        dataset = session.rows(scenario)
+        dataset = session.rows(request)
     except SiteDataError as err:
         return refuse(session, request, site_data_refusal(scenario, err))
     n = len(dataset)

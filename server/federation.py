@@ -31,6 +31,7 @@ from fedmodel.crypto.keys import fingerprint
 from fedmodel.data import DatasetSplits
 from fedmodel.data.local import coordinator_splits
 from fedmodel.models import build_model
+from fedmodel.partitions import dump_assignment, read_assignment
 from fedmodel.sim_nodes import pin_server
 from fedmodel.training import evaluate
 from fedmodel.training.checkpoint import load_weights, save_weights
@@ -297,11 +298,15 @@ def _registered_signers(settings: ServerSettings) -> dict[str, Ed25519PublicKey]
 def round_config(state: RunState) -> dict[str, Any]:
     """What every training request carries (the strategy adds the round number)."""
     scenario = state.settings.scenario
-    return {
+    config = {
         wire.RUN_ID: state.run_id,
         wire.NUM_ROUNDS: scenario.federation.rounds,
         wire.SCENARIO: scenario.without_budgets().model_dump_json(),
     }
+    assignment = read_assignment(state.settings.registered_keys_dir)
+    if assignment and scenario.task is None:  # packaged rows: who trains which, signed
+        config[wire.PARTITIONS] = dump_assignment(assignment)
+    return config
 
 
 def finish_run(state: RunState, final: ArrayRecord) -> Path:

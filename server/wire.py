@@ -46,6 +46,7 @@ SIM_NODES_DIR = "sim-nodes-dir"  # simulation only, outside the signature (see t
 TASK = "task"  # "train" or "evaluate": a request signed for one handler never serves the other
 DST_NODE = "dst-node-id"  # the Flower node id a request is signed for: no other node answers it
 NOT_AFTER = "not-after"  # unix seconds: a request is not answered after this (no old replays)
+PARTITIONS = "partitions"  # JSON {node name: [partition, of]}: who trains which packaged rows
 EXPECTED_HEAD = "ledger-head"  # the head the server last recorded for the node, in this run
 UNVERIFIED_RUN = "unverified"  # run id of a refusal of a request a node could not verify
 

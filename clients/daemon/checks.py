@@ -38,8 +38,8 @@ def load_deployed_node(path: str | Path) -> tuple[NodeConfig, NodeDeployment, Pa
         raise
     except FedmodelError as err:  # PKIError, KeyFileError: name node.toml too
         raise ConfigError(f"{source}: {err}") from None
-    if node.data.partition_id is None or node.data.num_partitions is None:
-        raise ConfigError(f"{source}: data.partition_id and data.num_partitions are required")
+    if (node.data.partition_id is None) != (node.data.num_partitions is None):
+        raise ConfigError(f"{source}: data.partition_id and data.num_partitions go together")
     return node, dep, source
 
 

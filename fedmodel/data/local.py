@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
-from fedmodel.config import DataConfig, PartitionConfig, ScenarioConfig
+from fedmodel.config import ConfigError, DataConfig, PartitionConfig, ScenarioConfig
 from fedmodel.data import DatasetSplits, dataset_labels, load_dataset, partition_indices
 from fedmodel.data.errors import SiteDataError
 from fedmodel.data.site import SiteSplits
@@ -101,7 +101,9 @@ def node_rows(
         splits = site_splits_cached(scenario.task, files)
         return splits.test if test else splits.train
     if partition is None:
-        raise ValueError("data.partition_id / data.num_partitions not configured")
+        raise ConfigError(
+            "no packaged partition: the coordinator assigned none and node.toml names none"
+        )
     if test:
         return client_test_set(scenario, *partition)
     return client_train_set(scenario, *partition)

@@ -41,6 +41,7 @@ from fedmodel.crypto.pki import cert_fingerprint
 from fedmodel.errors import FedmodelError
 from fedmodel.net import host_of, is_loopback
 from fedmodel.nodenames import NODE_NAME_PATTERN, NODE_NAME_RULE
+from fedmodel.partitions import Assignment, check_assignment
 
 DEFAULT_PORT = 9092
 DEFAULT_CONTROL_PORT = 9093  # Flower's former Control API port
@@ -57,6 +58,9 @@ class AllowedNode(StrictModel):
     name: str = Field(pattern=NODE_NAME_PATTERN, description=NODE_NAME_RULE)
     auth_public_key: Path | None = Field(None, description="<name>.auth.pub (OpenSSH EC P-384)")
     ledger_public_key: Path | None = Field(None, description="<name>.ed25519.pub (PEM Ed25519)")
+    partition_id: int | None = Field(
+        None, ge=0, description="the packaged partition this site trains on (coordinator-assigned)"
+    )
 
 
 class RunDefaults(StrictModel):
@@ -80,6 +84,11 @@ class ServerConfig(StrictModel):
     run: RunDefaults = Field(default_factory=RunDefaults)
     nodes: list[AllowedNode] = Field(default_factory=list)
 
+    def assignment(self) -> Assignment:
+        """Each node with a ``partition_id``, of as many partitions as there are nodes."""
+        parts = len(self.nodes)
+        return {n.name: (n.partition_id, parts) for n in self.nodes if n.partition_id is not None}
+
     @model_validator(mode="after")
     def _transport(self) -> ServerConfig:
         if self.insecure == (self.tls is not None):
@@ -89,6 +98,8 @@ class ServerConfig(StrictModel):
                 f"insecure = true is for loopback only (host {self.host!r}, address "
                 f"{self.address!r}); give a [tls] table"
             )
+        if self.assignment():
+            check_assignment(self.assignment(), "nodes")
         if self.control_port == self.port:
             raise ValueError(f"control_port must differ from port ({self.port})")
         names = [n.name for n in self.nodes]

@@ -77,13 +77,11 @@ def _make_node(fed: Federation, name: str, index: int) -> None:
     else:
         deployment |= {"root_certificates": "pki/ca.crt", "auth_key": f"keys/{name}.auth"}
     deployment |= fed.deployment.get("*", {}) | fed.deployment.get(name, {})
-    parts = len(fed.registered)
-    cfg: dict[str, Any] = {
+    cfg: dict[str, Any] = {  # no [data]: the coordinator assigns each its packaged partition
         "name": name,
         "ledger_dir": "ledger",
         "signing_key": f"keys/{name}.ed25519",
         "policy": fed.policies.get(name, {}),
-        "data": {"partition_id": index % parts, "num_partitions": parts},
         "deployment": deployment,
     }
     if name not in fed.unbudgeted:
@@ -103,10 +101,10 @@ def _write_server_toml(fed: Federation) -> None:
     else:
         cfg["tls"] = {"ca": "pki/ca.crt", "cert": "pki/server.pem", "key": "pki/server.key"}
     text = _dump_toml(cfg)
-    for name in fed.registered:
+    for index, name in enumerate(fed.registered):
         keys = fed.root / name / "keys"
         text += (
-            f'\n[[nodes]]\nname = "{name}"\n'
+            f'\n[[nodes]]\nname = "{name}"\npartition_id = {index}\n'
             f'auth_public_key = "{keys / f"{name}.auth.pub"}"\n'
             f'ledger_public_key = "{keys / f"{name}.ed25519.pub"}"\n'
         )

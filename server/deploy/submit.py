@@ -22,6 +22,7 @@ from typing import Any
 
 from fedmodel.config import ConfigError, ScenarioConfig
 from fedmodel.io import atomic_write_text
+from fedmodel.partitions import PARTITIONS_FILE, dump_assignment
 from fedmodel.scenarios import _toml_value, apply_overrides, load_scenario, scenario_to_toml
 from server import central_dp
 from server.deploy.config import ServerConfig
@@ -137,6 +138,11 @@ def write_registry(cfg: ServerConfig) -> Path:
     for node in nodes:
         assert node.ledger_public_key is not None
         atomic_write_text(registry / f"{node.name}.ed25519.pub", node.ledger_public_key.read_text())
+    table = registry / PARTITIONS_FILE
+    if cfg.assignment():
+        atomic_write_text(table, dump_assignment(cfg.assignment()))
+    else:
+        table.unlink(missing_ok=True)
     return registry
 
 
