@@ -39,6 +39,7 @@ class Federation:
     unbudgeted: list[str] = field(default_factory=list)  # nodes with no cap (no-DP sites)
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)
     deployment: dict[str, dict[str, Any]] = field(default_factory=dict)
+    data: dict[str, dict[str, Any]] = field(default_factory=dict)  # a site's own files, [data]
 
     @property
     def server_toml(self) -> Path:
@@ -84,6 +85,8 @@ def _make_node(fed: Federation, name: str, index: int) -> None:
         "policy": fed.policies.get(name, {}),
         "deployment": deployment,
     }
+    if name in fed.data:
+        cfg["data"] = fed.data[name]
     if name not in fed.unbudgeted:
         cfg["budget"] = {"epsilon": fed.budget, "delta": 1e-5}
     fed.node_toml(name).write_text(_dump_toml(cfg))
