@@ -225,7 +225,9 @@ def start_run(settings: ServerSettings) -> RunState:
     if settings.sim_nodes_dir is not None:  # the virtual sites pin this run's server keys
         pin_server(settings.sim_nodes_dir, keys.exchange_fingerprint, keys.verify_key_path)
     recorder = _open_records(settings, run_id, offset, initial)
-    recorder.update_info(evaluation=_evaluation_record(scenario, evaluation))
+    recorder.update_info(
+        evaluation=_evaluation_record(scenario, evaluation), data=_data_record(scenario)
+    )
     audit = AuditLog(settings.run_dir, keys.signing, run_id)
     audit.run_started(
         scenario=scenario.name,
@@ -242,6 +244,23 @@ def start_run(settings: ServerSettings) -> RunState:
         settings, splits, model, run_id, offset, initial, recorder, keys, signers, audit,
         evaluation,
     )  # fmt: skip
+
+
+def _data_record(scenario: ScenarioConfig) -> dict[str, Any]:
+    """What run.json (and the report) says about the data: a declared task over each site's
+    own files, and what each site fitted on its own rows; or a packaged dataset's partitions."""
+    task = scenario.task
+    if task is None:
+        return {"source": "packaged", "dataset": scenario.data.dataset}
+    return {
+        "source": "site files",
+        "task": task.name,
+        "kind": task.kind,
+        "classes": list(task.classes),
+        "columns": list(task.columns) or [c for c in [task.text_column] if c],
+        "identifiers_never_read": list(task.identifiers),
+        "fitted_at_each_site": [f"median of {c} (imputed value)" for c in task.site_fitted],
+    }
 
 
 def _evaluation_record(scenario: ScenarioConfig, source: str) -> dict[str, Any]:

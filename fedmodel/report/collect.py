@@ -46,6 +46,7 @@ from fedmodel.report.model import (
 )
 from fedmodel.report.narrative import (
     coverage_section,
+    data_section,
     dpia_sections,
     membership_tpr_bound,
     threat_model_sections,
@@ -131,6 +132,7 @@ def collect_report(
         privacy_audit=privacy,
         evaluation=evaluation,
         coverage=coverage_section(clients, accountant, evaluation),
+        data=data_section(records.info),
     )
 
 

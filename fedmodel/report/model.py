@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 # 2: caps from signed policy entries (cap.entry, cap_status, policy), steps = DP-SGD steps of
-# this run, released values, delta flags, evaluation, coverage
-SCHEMA_VERSION = "2"
+# this run, released values, delta flags, evaluation, coverage; 3: data (declared task, site-fitted)
+SCHEMA_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -292,6 +292,7 @@ class Report:
     privacy_audit: PrivacyAuditSummary | None = None  # None: no privacy-audit.json
     evaluation: Evaluation | None = None
     coverage: Section | None = None  # what DP covers, at which delta, by which accountant
+    data: Section | None = None  # the declared task and what each site fitted on its own rows
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy; dataclasses become dicts, nothing is rounded."""

@@ -327,3 +327,38 @@ def _verdicts(clients: list[ClientReport]) -> Section:
         title="Verdict per site",
         bullets=[f"{c.node}: {c.verdict}" for c in clients],
     )
+
+
+def data_section(info: dict) -> Section | None:
+    """Where the rows came from and what shaped the features: the declared task's rules, and
+    the only statistics fitted on a site's rows (at that site, on its training rows)."""
+    data = info.get("data")
+    if not isinstance(data, dict):
+        return None
+    if data.get("source") != "site files":
+        return Section(
+            title="Data",
+            paragraphs=[
+                f"Packaged dataset {data.get('dataset')!r}: each site trained on the "
+                "partition the coordinator assigned it."
+            ],
+        )
+    fitted = data.get("fitted_at_each_site") or []
+    bullets = [
+        f"Task {data.get('task')!r} ({data.get('kind')}), classes: "
+        + ", ".join(str(c) for c in data.get("classes", [])),
+        "Columns read: " + (", ".join(str(c) for c in data.get("columns", [])) or "none"),
+        "Identifiers, never read into features, messages or logs: "
+        + (", ".join(str(c) for c in data.get("identifiers_never_read", [])) or "none declared"),
+        "Fitted at each site on its own training rows only: "
+        + (", ".join(str(f) for f in fitted) or "nothing (all preprocessing is declared)"),
+    ]
+    return Section(
+        title="Data: a declared task over each site's own files",
+        paragraphs=[
+            "Every site mapped its own files to the task the coordinator declared; no rows "
+            "were pooled. Scaling, category order and imputed values come from the "
+            "declaration, so no statistic of one site's rows shapes another site's model."
+        ],
+        bullets=bullets,
+    )

@@ -68,6 +68,7 @@ def document(report: Report) -> list[Block]:
         summary(report),
         Heading("1. Run identity", "run"),
         run_table(report),
+        *([report.data] if report.data else []),
         Heading("2. Privacy spent per site", "spend"),
         *([report.coverage] if report.coverage else []),
         spend_table(report),

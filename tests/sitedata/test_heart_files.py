@@ -102,3 +102,19 @@ def test_the_feature_matrix_holds_no_identifier(hospitals):
         x = splits.train.tensors[0].numpy()
         assert x.shape[1] == len(task.feature_names) and np.isfinite(x).all()
         assert not any("patient" in f for f in task.feature_names)
+
+
+def test_the_report_states_the_task_and_what_each_site_fitted(runs, tmp_path):
+    from fedmodel.report.build import build_report
+
+    files = build_report(runs["files"], tmp_path / "report")
+    report = json.loads(files.json.read_text())
+    data = report["data"]
+    assert data["title"].startswith("Data: a declared task")
+    text = " ".join(data["bullets"])
+    assert "patient_id" in text and "median of chol" in text
+    assert "Data: a declared task" in files.html.read_text()
+    packaged = build_report(runs["packaged"], tmp_path / "packaged")
+    assert (
+        "Packaged dataset 'heart'" in json.loads(packaged.json.read_text())["data"]["paragraphs"][0]
+    )
