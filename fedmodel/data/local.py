@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 from fedmodel.config import DataConfig, PartitionConfig, ScenarioConfig
 from fedmodel.data import DatasetSplits, dataset_labels, load_dataset, partition_indices
@@ -67,10 +67,18 @@ def client_test_set(scenario: ScenarioConfig, partition_id: int, num_partitions:
 
 def site_splits_cached(task: TaskConfig, files: SiteFiles) -> SiteSplits:
     """A site's own rows for a declared task, read once per process while the files are
-    unchanged (their size and modification time are part of the key)."""
-    stamp = tuple(_stamp(p) for p in (files.path, files.test_path) if p is not None)
+    unchanged (their size and modification time are part of the key; for an image folder,
+    those of its class folders too, which change when an image is added or removed)."""
+    stamp = tuple(s for p in (files.path, files.test_path) if p is not None for s in _stamps(p))
     plain = files.model_dump_json(include=set(SiteFiles.model_fields))  # a SimSite or NodeData
     return _cached_site(task.model_dump_json(), plain, stamp)
+
+
+def _stamps(path: Path) -> list[tuple[str, int, int]]:
+    """The path's stamp, then (a folder) each sub-folder's, in name order."""
+    if not path.is_dir():
+        return [_stamp(path)]
+    return [_stamp(path), *(_stamp(p) for p in sorted(path.iterdir()) if p.is_dir())]
 
 
 def _stamp(path: Path) -> tuple[str, int, int]:
@@ -124,20 +132,16 @@ def coordinator_splits(scenario: ScenarioConfig, oracle: bool = False) -> Datase
     if task is None:
         return dataset_splits(scenario)
     width = task.input_shape
-    xs = [torch.zeros((0, *width))]
-    ys = [torch.zeros(0, dtype=torch.int64)]
-    if oracle:
-        for site in scenario.sites:
-            x, y = site_splits_cached(task, site).test.tensors
-            xs.append(x)
-            ys.append(y)
     empty = TensorDataset(torch.zeros((0, *width)), torch.zeros(0, dtype=torch.int64))
+    tests: list[Dataset] = [empty]
+    if oracle:  # any kind: tables are tensors, image folders stay lazy
+        tests += [site_splits_cached(task, site).test for site in scenario.sites]
     return DatasetSplits(
         name=task.name,
         task=task.kind,
         num_classes=task.num_classes,
         train=empty,
-        test=TensorDataset(torch.cat(xs), torch.cat(ys)),
+        test=ConcatDataset(tests),
         train_groups=None,
         test_groups=None,
         group_names=[s.name for s in scenario.sites],
