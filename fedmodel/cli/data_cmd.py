@@ -115,7 +115,7 @@ def check(
     console = Console()
     table = Table(title=f"{node.name}: files for task {declared.name!r}")
     table.add_column("split")
-    table.add_column("rows", justify="right")
+    table.add_column("images" if declared.kind == "image" else "rows", justify="right")
     for name in declared.classes:
         table.add_column(f"label {name}", justify="right")
     for split, rows in result.rows.items():

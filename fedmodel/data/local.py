@@ -67,10 +67,18 @@ def client_test_set(scenario: ScenarioConfig, partition_id: int, num_partitions:
 
 def site_splits_cached(task: TaskConfig, files: SiteFiles) -> SiteSplits:
     """A site's own rows for a declared task, read once per process while the files are
-    unchanged (their size and modification time are part of the key)."""
-    stamp = tuple(_stamp(p) for p in (files.path, files.test_path) if p is not None)
+    unchanged (their size and modification time are part of the key; for an image folder,
+    those of its class folders too, which change when an image is added or removed)."""
+    stamp = tuple(s for p in (files.path, files.test_path) if p is not None for s in _stamps(p))
     plain = files.model_dump_json(include=set(SiteFiles.model_fields))  # a SimSite or NodeData
     return _cached_site(task.model_dump_json(), plain, stamp)
+
+
+def _stamps(path: Path) -> list[tuple[str, int, int]]:
+    """The path's stamp, then (a folder) each sub-folder's, in name order."""
+    if not path.is_dir():
+        return [_stamp(path)]
+    return [_stamp(path), *(_stamp(p) for p in sorted(path.iterdir()) if p.is_dir())]
 
 
 def _stamp(path: Path) -> tuple[str, int, int]:
@@ -127,15 +135,15 @@ def coordinator_splits(scenario: ScenarioConfig, oracle: bool = False) -> Datase
         return dataset_splits(scenario)
     width = task.input_shape
     empty = _empty_rows(task)
-    test: Dataset = empty
-    if oracle and scenario.sites:
-        test = ConcatDataset([site_splits_cached(task, site).test for site in scenario.sites])
+    tests: list[Dataset] = [empty]
+    if oracle:  # any kind: tables and texts are tensors, image folders stay lazy
+        tests += [site_splits_cached(task, site).test for site in scenario.sites]
     return DatasetSplits(
         name=task.name,
         task=task.kind,
         num_classes=task.num_classes,
         train=empty,
-        test=test,
+        test=ConcatDataset(tests),
         train_groups=None,
         test_groups=None,
         group_names=[s.name for s in scenario.sites],

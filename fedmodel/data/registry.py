@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 from fedmodel.config import DataConfig
 from fedmodel.data.credit import load_adult_data, load_german_data
@@ -49,7 +49,7 @@ class DatasetSplits:
     task: Task
     num_classes: int
     train: TensorDataset
-    test: TensorDataset
+    test: Dataset  # a declared task's oracle: the sites' held-out sets, concatenated
     train_groups: np.ndarray | None
     test_groups: np.ndarray | None
     group_names: list[str]
@@ -87,12 +87,19 @@ def load_dataset(cfg: DataConfig) -> DatasetSplits:
 
 
 def dataset_labels(dataset: Dataset) -> np.ndarray:
-    """Labels of a ``TensorDataset`` (or a ``Subset`` of one) without iterating its rows.
+    """Labels of a ``TensorDataset``, an image folder (its ``labels``), or a ``Subset`` or
+    ``ConcatDataset`` of them, without iterating its rows.
 
     Reads the last tensor directly, so augmented datasets are not augmented just to count labels.
     """
     if isinstance(dataset, Subset):
         return dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
+    if isinstance(dataset, ConcatDataset):
+        parts = [dataset_labels(d) for d in dataset.datasets]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    labels = getattr(dataset, "labels", None)
+    if isinstance(labels, np.ndarray):  # a lazy image folder: counted without decoding
+        return labels.copy()
     tensors = getattr(dataset, "tensors", None)
     if tensors is None:
         raise TypeError(f"dataset_labels: {type(dataset).__name__} has no label tensor")

@@ -1,5 +1,9 @@
 """A site's own files, read into a declared task.
 
+Tabular files are read here; image folders by ``fedmodel.data.site_images`` (the same
+:class:`Problem` lines, a lazy dataset instead of a matrix); :func:`site_splits` and
+:func:`check_site` dispatch on the task's kind.
+
 ``read_site_table`` streams a CSV, Parquet or JSONL file with pyarrow (only the columns the task
 needs: identifiers are never read), checks every cell against the declaration and writes the
 features straight into one preallocated float32 matrix, so memory follows the feature matrix,
@@ -14,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -23,12 +26,9 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from fedmodel.data.errors import SiteDataError
-
-if TYPE_CHECKING:
-    from fedmodel.data.site_texts import SiteTexts
 from fedmodel.data.split import holdout_split
 from fedmodel.task import (
     FALSE_TOKENS,
@@ -92,10 +92,11 @@ class SiteTable:
 
 @dataclass(frozen=True)
 class SiteSplits:
-    """A site's training and held-out rows, in the task's layout."""
+    """A site's training and held-out rows, in the task's layout: a ``TensorDataset`` for a
+    table, a lazy ``ImageFolderDataset`` (images opened per row) for an image folder."""
 
-    train: TensorDataset
-    test: TensorDataset
+    train: Dataset
+    test: Dataset
     site_medians: dict[str, float]
 
 
@@ -103,6 +104,11 @@ def site_splits(task: TaskConfig, files: SiteFiles) -> SiteSplits:
     """The site's train/test rows; the first problem in either file is a ``SiteDataError``."""
     if task.kind == "text":
         return _text_splits(task, files)
+    if task.kind == "image":
+        from fedmodel.data.site_images import image_splits
+
+        train, test = image_splits(task, files)
+        return SiteSplits(train, test, {})
     train_table = _checked(read_site_table(task, files, files.path))
     if files.test_path is not None:
         test_table = _checked(read_site_table(task, files, files.test_path))
@@ -572,16 +578,24 @@ def check_site(task: TaskConfig, files: SiteFiles) -> SiteCheck:
     paths = {"train": files.path} | ({"test": files.test_path} if files.test_path else {})
     rows, counts, problems = {}, {}, []
     for split, path in paths.items():
-        table = _read_for_check(task, files, path)
-        rows[split] = table.rows
-        counts[split] = np.bincount(table.labels, minlength=task.num_classes).tolist()
-        problems += table.problems
+        labels, found = _read_for_check(task, files, path)
+        rows[split] = len(labels)
+        counts[split] = np.bincount(labels, minlength=task.num_classes).tolist()
+        problems += found
     return SiteCheck(list(paths.values()), rows, counts, problems)
 
 
-def _read_for_check(task: TaskConfig, files: SiteFiles, path: Path) -> SiteTable | SiteTexts:
+def _read_for_check(task: TaskConfig, files: SiteFiles, path: Path) -> tuple[np.ndarray, list]:
+    """(labels, problems) of one file or image folder: images are verified, never decoded."""
+    if task.kind == "image":
+        from fedmodel.data.site_images import scan_folder
+
+        scan = scan_folder(task, path)
+        return scan.labels, scan.problems
     if task.kind == "text":
         from fedmodel.data.site_texts import read_site_texts
 
-        return read_site_texts(task, files, path)
-    return read_site_table(task, files, path)
+        texts = read_site_texts(task, files, path)
+        return texts.labels, texts.problems
+    table = read_site_table(task, files, path)
+    return table.labels, table.problems

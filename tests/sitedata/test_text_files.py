@@ -80,6 +80,7 @@ def test_each_site_checks_its_own_file(sites):
         assert result.problems == [] and result.rows == {"train": PER_SITE, "test": TEST_PER_SITE}
 
 
+@pytest.mark.slow  # a MiniLM federation: make test-all; the file checks below stay in make test
 def test_three_sites_train_minilm_on_their_csv(run_dir):
     final = read_metrics(run_dir)[-1]
     assert final["round"] == 1
@@ -88,6 +89,7 @@ def test_three_sites_train_minilm_on_their_csv(run_dir):
     assert 0.0 <= final["server"]["accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_no_review_id_leaves_a_site(run_dir):
     blobs = [p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.suffix != ".csv"]
     assert blobs and not any(b"-rev-0" in blob for blob in blobs)
