@@ -40,8 +40,11 @@ from fedmodel.task import (
     TaskConfig,
 )
 
-BLOCK_BYTES = 1 << 22
-"""pyarrow reads 4 MiB of CSV at a time: a batch of strings never outgrows this."""
+BLOCK_BYTES = 1 << 20
+"""pyarrow reads 1 MiB of CSV at a time: a batch of strings never outgrows this. The streaming
+reader keeps a few dozen blocks read ahead (as strings, about twice their bytes), so the block
+size sets the reader's own memory: 4 MiB blocks held ~150 MB on top of a 1,000,000 x 30 feature
+matrix (114 MB), 1 MiB ~40 MB, at about the same speed (benchmarks/site_data.py)."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,8 @@ def site_splits(task: TaskConfig, files: SiteFiles) -> SiteSplits:
     else:
         train_rows, test_rows = holdout_split(train_table.labels, files.test_fraction, files.seed)
         x, y = train_table.features, train_table.labels
-        train_x, train_y, test_x, test_y = x[train_rows], y[train_rows], x[test_rows], y[test_rows]
+        test_x, test_y = x[test_rows], y[test_rows]
+        train_x, train_y = keep_rows(x, train_rows), keep_rows(y, train_rows)
     if len(train_y) == 0:
         raise SiteDataError(f"{files.path}: no training rows", column=None)
     medians = fit_site_medians(task, train_x)
@@ -128,6 +132,18 @@ def site_splits(task: TaskConfig, files: SiteFiles) -> SiteSplits:
         TensorDataset(torch.from_numpy(test_x), torch.from_numpy(test_y)),
         medians,
     )
+
+
+def keep_rows(a: np.ndarray, rows: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """``a[rows]`` for sorted, distinct ``rows``, moved to the front of ``a`` in place (a view of
+    it is returned): the training rows of a holdout never need a second feature matrix.
+
+    Row ``rows[i] >= i``, so every chunk gathers from rows no earlier chunk has written to.
+    """
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        a[start : start + len(part)] = a[part]
+    return a[: len(rows)]
 
 
 def _checked(table: SiteTable) -> SiteTable:
@@ -181,6 +197,7 @@ def read_site_table(task: TaskConfig, files: SiteFiles, path: Path) -> SiteTable
         return SiteTable(path, _empty(task), np.zeros(0, np.int64), problems.found)
     if row == 0:
         problems.add(Problem(path, None, None, "no rows"), "empty")
+    pa.default_memory_pool().release_unused()  # the read-ahead's blocks: back to the system
     return SiteTable(path, features[:row], labels[:row], problems.found)
 
 

@@ -57,15 +57,22 @@ def holdout_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) row indices: a label-stratified ``test_fraction`` held out per group."""
     labels = np.asarray(labels)
-    groups = np.zeros(len(labels), dtype=np.int64) if groups is None else np.asarray(groups)
-    train, test = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for group in np.unique(groups).tolist():
-        rows = np.flatnonzero(groups == group)
-        rng = np.random.default_rng([seed, _HOLDOUT_STREAM, group])
-        picked = rows[stratified_sample(labels[rows], round(test_fraction * len(rows)), rng)]
-        test.append(picked)
-        train.append(np.setdiff1d(rows, picked))
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+    if groups is None:  # one group, 0: no row-index copy of a million-row site's labels
+        rng = np.random.default_rng([seed, _HOLDOUT_STREAM, 0])
+        test = stratified_sample(labels, round(test_fraction * len(labels)), rng)
+    else:
+        groups = np.asarray(groups)
+        picked = [np.zeros(0, np.int64)]
+        for group in np.unique(groups).tolist():
+            rows = np.flatnonzero(groups == group)
+            rng = np.random.default_rng([seed, _HOLDOUT_STREAM, group])
+            picked.append(
+                rows[stratified_sample(labels[rows], round(test_fraction * len(rows)), rng)]
+            )
+        test = np.sort(np.concatenate(picked))
+    held = np.zeros(len(labels), dtype=bool)
+    held[test] = True  # every row is in one group: training is every row not held out
+    return np.flatnonzero(~held), test.astype(np.int64, copy=False)
 
 
 def limit_rows(
