@@ -430,13 +430,17 @@ def parse_config(model: type[M], data: dict, source: str) -> M:
         raise ConfigError(format_validation_error(err, source)) from None
 
 
-def load_toml(model: type[M], path: str | Path) -> M:
-    """Read and validate a TOML config; every failure is a ``ConfigError`` naming the file."""
+def read_toml(path: str | Path) -> dict:
+    """A TOML file's tables; a missing or malformed file is a ``ConfigError`` naming it."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: no such config file")
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        return tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{p}: malformed TOML: {err}") from None
-    return parse_config(model, data, str(p))
+
+
+def load_toml(model: type[M], path: str | Path) -> M:
+    """Read and validate a TOML config; every failure is a ``ConfigError`` naming the file."""
+    return parse_config(model, read_toml(path), str(path))

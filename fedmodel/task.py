@@ -226,22 +226,7 @@ class SiteFiles(_Strict):
 def load_task(path: Path) -> TaskConfig:
     """A task TOML (the ``[task]`` table, or its fields at the top level), or a scenario with a
     ``[task]`` table; every failure is one ``ConfigError`` line naming the file and field."""
-    import tomllib
+    from fedmodel.config import parse_config, read_toml  # config embeds this module
 
-    from pydantic import ValidationError
-
-    from fedmodel.errors import ConfigError
-
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such task file")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: malformed TOML: {err}") from None
-    table = data.get("task", data)
-    try:
-        return TaskConfig.model_validate(table)
-    except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(root)"
-        raise ConfigError(f"{path}: task.{loc}: {first['msg']}") from None
+    data = read_toml(path)
+    return parse_config(TaskConfig, data.get("task", data), f"{path}: task")
