@@ -71,9 +71,15 @@ class ModelConfig(StrictModel):
     dropout: float = Field(0.0, ge=0, lt=1)
     hidden_sizes: list[int] = Field(default_factory=lambda: [64, 32], description="MLP only")
     cnn_channels: list[int] = Field(default_factory=lambda: [16, 32], description="CNN only")
-    bert_layers: int = Field(2, ge=1, le=6, description="MiniLM encoder layers kept")
-    bert_trainable: Literal["head", "top-k", "all-but-embeddings"] = "top-k"
-    bert_top_k: int = Field(1, ge=1, le=6)
+    bert_layers: int = Field(6, ge=1, le=6, description="MiniLM encoder layers kept")
+    bert_trainable: Literal["head", "top-k", "lora", "bitfit", "all-but-embeddings"] = Field(
+        "head",
+        description="MiniLM: what trains besides the head (embeddings always frozen); see "
+        "fedmodel.models.bert",
+    )
+    bert_top_k: int = Field(1, ge=1, le=6, description="MiniLM top-k: encoder layers trained")
+    bert_lora_rank: int = Field(8, ge=1, le=64, description="MiniLM lora: adapter rank")
+    bert_lora_alpha: float = Field(16.0, gt=0, description="MiniLM lora: scale alpha / rank")
     factory: FactorySpec | None = Field(
         None, description='custom only: "package.module:function" building the model'
     )
@@ -151,6 +157,11 @@ class TrainConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
     seed: int = 0
+    trunk_cache: bool = Field(
+        True,
+        description="compute a model's frozen lower layers once per site and data (cached on "
+        "the site's disk) and run DP-SGD on the trainable top only; the same result, faster",
+    )
 
 
 class StrategyConfig(StrictModel):

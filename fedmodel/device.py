@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 
 from fedmodel.errors import FedmodelError
@@ -26,3 +28,12 @@ def set_threads(threads: int | None) -> None:
     """Cap intra-op threads; many simulated clients on few cores must not oversubscribe."""
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+def autocast_for(device: torch.device) -> AbstractContextManager:
+    """bf16 autocast on CUDA (tensor cores, half the activation memory); nothing on CPU, which
+    stays float32 (CPU bf16 matmuls are slower here and change results). Per-sample clipping
+    casts to float32 itself (``fedmodel.training.clipping``), so the clipping bound holds."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()

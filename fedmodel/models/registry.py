@@ -71,6 +71,8 @@ def _build(
             num_layers=cfg.bert_layers,
             trainable=cfg.bert_trainable,
             top_k=cfg.bert_top_k,
+            lora_rank=cfg.bert_lora_rank,
+            lora_alpha=cfg.bert_lora_alpha,
             dropout=cfg.dropout,
         )
     raise ModelError(f"model.name: unknown model {cfg.name!r} (one of {', '.join(MODEL_NAMES)})")

@@ -229,6 +229,13 @@ def _finite_examples(losses: Tensor, pairs: list[tuple[nn.Module, Tensor, Tensor
     return keep
 
 
+def _float32(t: Tensor) -> Tensor:
+    """bf16/fp16 activations and gradients (CUDA autocast) in float32: the per-sample norms and
+    the clipped sum are then computed from the same values at full precision, so a rounded-down
+    norm cannot let an example's clipped gradient exceed the bound."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _rows(t: Tensor, keep: Tensor) -> Tensor:
     """``t`` with the rows of dropped examples set to zero (a ``where``, not a product: 0 times
     NaN is NaN)."""
@@ -281,7 +288,7 @@ class BookKeepingClipper:
         n = loss_per_sample.shape[0]
         sq = torch.zeros(n, dtype=loss_per_sample.dtype, device=loss_per_sample.device)
         pairs = [
-            (m, records[m][0], g.detach())
+            (m, _float32(records[m][0]), _float32(g.detach()))
             for m, g in zip(layers, out_grads, strict=True)
             if g is not None
         ]  # fmt: skip  (None: the layer's output does not reach the loss)

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from fedmodel.device import autocast_for
 from fedmodel.training.errors import TrainingError
 
 
@@ -46,7 +47,9 @@ def predict(
     with eval_mode(model, device):
         for start in range(0, n, batch_size):
             batch = [t[start : start + batch_size].to(device) for t in tensors]
-            probs.append(torch.softmax(model(*batch).float(), dim=1).cpu())
+            with autocast_for(torch.device(device)):
+                logits = model(*batch).float()
+            probs.append(torch.softmax(logits, dim=1).cpu())
     if not probs:
         return torch.zeros(0, dtype=torch.int64), torch.zeros(0, 0)
     probabilities = torch.cat(probs)

@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from fedmodel.config import DPConfig, OptimizerConfig, TrainConfig
-from fedmodel.device import resolve_device, set_threads
+from fedmodel.device import autocast_for, resolve_device, set_threads
 from fedmodel.privacy.accountant import HistoryEntry, epsilon_from_history, normalise_history
 from fedmodel.training.dp import ClippingMode, PrivateTraining, make_private
 from fedmodel.training.errors import TrainingError
@@ -243,7 +243,8 @@ def _run_epochs(
                 if labels.shape[0] == 0:
                     stepped = session.empty_step()
                 else:
-                    logits = session.module(*inputs)
+                    with autocast_for(device):  # bf16 on CUDA only; the loss in float32
+                        logits = session.module(*inputs).float()
                     losses = session.backward(logits, labels)
                     stats.add(losses, logits, labels)
                     stepped = session.step()
@@ -346,7 +347,8 @@ def predict_proba(
     with eval_mode(model, dev):
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             *inputs, labels = (t.to(dev) for t in batch)
-            logits = model(*inputs)
+            with autocast_for(dev):
+                logits = model(*inputs).float()
             loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
             probs_out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
             labels_out.append(labels.cpu().numpy())
