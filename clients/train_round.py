@@ -55,6 +55,7 @@ from fedmodel.privacy.spend import refuse as refuse_in_ledger
 from fedmodel.training import train
 from fedmodel.training.errors import TrainingError
 from fedmodel.training.loop import predict_proba
+from fedmodel.training.trunk import load_global_state, training_rows
 from server import wire
 
 PLAN_STATE = "dp-plan"
@@ -333,13 +334,15 @@ def train_round(
         return refused_from(session, decision.entry)
 
     torch.manual_seed(decision.seed)  # the round's global stream; train() seeds its own
-    model.load_state_dict(global_state)
+    load_global_state(model, global_state)  # a frozen public trunk stays the site's own copy
     proximal = None
     if request.proximal_mu > 0:
         proximal = (request.proximal_mu, {k: v.clone() for k, v in model.state_dict().items()})
+    # the same rows through a frozen trunk computed once (the site's disk, never sent)
+    rows = training_rows(model, dataset, node.cache_dir, scenario.train)
     result = train(
         model,
-        dataset,
+        rows,
         train_cfg=scenario.train,
         optim_cfg=scenario.optimizer,
         dp_cfg=dp,
@@ -355,7 +358,7 @@ def train_round(
     metrics = _accounting_metrics(session, entry, dp, scenario.dp.noise_multiplier)
     if metrics_release:
         model.load_state_dict(result.state_dict)
-        metrics.update(_released_train_metrics(model, dataset, scenario, node))
+        metrics.update(_released_train_metrics(model, rows, scenario, node))
     return Trained(
         state_dict=dict(result.state_dict),
         metrics=metrics,

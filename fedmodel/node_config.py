@@ -170,6 +170,11 @@ class NodeConfig(StrictModel):
         description="signed count and head the ledger reached; keep it outside ledger_dir",
     )
     signing_key: Path = Field(Path("keys/signing.ed25519"), description="Ed25519, the ledger's")
+    cache_dir: Path = Field(
+        Path("cache"),
+        description="derived rows kept on this site's disk (tokens, frozen-trunk outputs); "
+        "never sent anywhere, safe to delete",
+    )
     budget: PrivacyBudget | None = None
     policy: SitePolicy = Field(default_factory=SitePolicy)
     data: NodeData = Field(default_factory=NodeData)
@@ -191,6 +196,7 @@ class NodeConfig(StrictModel):
                 "ledger_dir": _under(base, self.ledger_dir),
                 "high_water_mark": _under(base, self.high_water_mark),
                 "signing_key": _under(base, self.signing_key),
+                "cache_dir": _under(base, self.cache_dir),
                 "data": self.data if self.data.path is None else self.data.resolved(base),
                 "deployment": self.deployment and self.deployment.resolved(base),
             }

@@ -1,0 +1,178 @@
+"""The frozen trunk computed once: DP-SGD then runs on the trainable top only.
+
+A model whose lower layers are frozen (``MiniLMClassifier`` with ``head`` or ``top-k``) computes
+the same function of each row in those layers in every step of every round. This module runs
+them once over a site's rows, keeps the outputs in the site's cache (:mod:`fedmodel.cache`,
+keyed by the trunk's digest and the rows' digest) and hands the training loop a dataset of
+``(trunk outputs, attention mask, label)`` that the model's ``forward`` accepts in place of
+token ids.
+
+Why the privacy guarantee is unchanged: the trunk is the public pretrained checkpoint, never
+trained, so its output for a row is a fixed function of that row alone (post-processing of one
+record, no other record and no noise involved). DP-SGD's per-sample clipping bounds the
+gradient of each row's loss with respect to the trainable parameters, which is the same
+gradient whether the row enters as tokens or as its trunk outputs; the sensitivity, noise and
+accounting do not change. The cached outputs stay on the site's disk; only the DP update leaves.
+
+A site also keeps its *own* copy of the public trunk weights when it loads the global model
+(:func:`load_global_state`): FedAvg's float32 weighted mean of identical frozen tensors is not
+always bitwise identical to them, which would change the digest and recompute the trunk every
+round, and a frozen weight the server altered is not the public checkpoint any more.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from fedmodel.cache import TensorCache, digest, tensors_digest
+from fedmodel.config import TrainConfig
+from fedmodel.device import autocast_for, resolve_device
+from fedmodel.training.errors import TrainingError
+
+TRUNK_BATCH = 128
+TRUNK_SUBDIR = "trunk"
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class TrunkModel(Protocol):
+    """A model with frozen leading layers whose outputs ``forward`` also accepts."""
+
+    frozen_layers: int
+
+    def trunk(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor: ...
+
+    def trunk_digest(self) -> str: ...
+
+    def trunk_state(self) -> dict[str, Tensor]: ...
+
+
+def has_trunk(model: nn.Module) -> bool:
+    """True when ``model`` has frozen leading layers worth computing once."""
+    return isinstance(model, TrunkModel) and model.frozen_layers > 0
+
+
+@dataclass(frozen=True)
+class TrunkRows:
+    """A site's rows as trunk outputs, and how they were obtained."""
+
+    dataset: TensorDataset
+    hit: bool  # read from the cache (False: computed now)
+    seconds: float
+    key: str
+
+
+def load_global_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    """``model.load_state_dict(state)``, except that a trunk model keeps its own trunk weights
+    (the public checkpoint it was built from; see module doc)."""
+    if not has_trunk(model):
+        model.load_state_dict(state)
+        return
+    own = model.trunk_state()  # type: ignore[attr-defined]
+    merged = {k: own.get(k, v) for k, v in state.items()}
+    model.load_state_dict(merged)
+
+
+def text_tensors(dataset: Dataset) -> tuple[Tensor, Tensor, Tensor]:
+    """``(input_ids, attention_mask, labels)`` of a text dataset, without copying a whole
+    ``TensorDataset`` (or a ``Subset`` of one) through a loader."""
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 3:
+        ids, mask, labels = dataset.tensors
+        return ids, mask, labels
+    if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset):
+        index = torch.as_tensor(list(dataset.indices), dtype=torch.int64)
+        tensors = dataset.dataset.tensors
+        if len(tensors) == 3:
+            return tensors[0][index], tensors[1][index], tensors[2][index]
+    batches = list(DataLoader(dataset, batch_size=1024, shuffle=False))
+    if not batches or len(batches[0]) != 3:
+        raise TrainingError("trunk cache: expected text rows (input_ids, attention_mask, label)")
+    return tuple(torch.cat([b[i] for b in batches]) for i in range(3))  # type: ignore[return-value]
+
+
+def trunk_rows(
+    model: nn.Module,
+    dataset: Dataset,
+    cache_dir: Path | None,
+    *,
+    device: torch.device,
+    batch_size: int = TRUNK_BATCH,
+) -> TrunkRows:
+    """The rows of ``dataset`` as ``(trunk outputs, mask, label)``, from the cache when the same
+    trunk already ran on the same rows (``cache_dir`` None: computed, not stored)."""
+    if not has_trunk(model):
+        raise TrainingError("trunk cache: the model has no frozen trunk")
+    started = time.perf_counter()
+    ids, mask, labels = text_tensors(dataset)
+    key = digest("trunk", model.trunk_digest(), tensors_digest(ids, mask))  # type: ignore[attr-defined]
+    cache = TensorCache(cache_dir) if cache_dir is not None else None
+    entry = cache.load(key) if cache is not None else None
+    hit = entry is not None and tuple(entry["states"].shape[:1]) == (len(labels),)
+    if hit:
+        states = entry["states"]  # type: ignore[index]
+    else:
+        states = compute_trunk(model, ids, mask, device=device, batch_size=batch_size)
+        if cache is not None:
+            cache.save(key, {"states": states})
+    rows = TensorDataset(states, mask, labels)
+    return TrunkRows(rows, hit, time.perf_counter() - started, key)
+
+
+def compute_trunk(
+    model: nn.Module, ids: Tensor, mask: Tensor, *, device: torch.device, batch_size: int
+) -> Tensor:
+    """Trunk outputs of every row (float32, CPU, in row order). Rows are batched by length so
+    short snippets are not padded to the longest one; 3-d outputs are padded (with zeros the
+    mask hides) to the longest row of the set."""
+    lengths = mask.sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    width = max(1, int(lengths.max())) if len(lengths) else 1
+    out: Tensor | None = None
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        with torch.no_grad(), autocast_for(device):
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                part = model.trunk(ids[rows].to(device), mask[rows].to(device)).float().cpu()  # type: ignore[operator]
+                if out is None:
+                    shape = (
+                        (len(ids), width, part.shape[-1])
+                        if part.dim() == 3
+                        else (len(ids), part.shape[-1])
+                    )
+                    out = torch.zeros(shape, dtype=torch.float32)
+                if part.dim() == 3:
+                    out[rows, : part.shape[1]] = part
+                else:
+                    out[rows] = part
+    finally:
+        model.train(was_training)
+    if out is None:
+        raise TrainingError("trunk cache: no rows")
+    return out
+
+
+def training_rows(
+    model: nn.Module, dataset: Dataset, cache_dir: Path | None, train_cfg: TrainConfig
+) -> Dataset:
+    """What ``train`` should iterate: trunk outputs when the model has a frozen trunk and
+    ``train.trunk_cache`` is on, else ``dataset`` itself. ``cache_dir`` is the site's cache
+    folder (the trunk entries go to its ``trunk/`` subfolder)."""
+    if not (train_cfg.trunk_cache and has_trunk(model)):
+        return dataset
+    folder = None if cache_dir is None else Path(cache_dir) / TRUNK_SUBDIR
+    rows = trunk_rows(model, dataset, folder, device=resolve_device(train_cfg.device))
+    how = "read from the cache" if rows.hit else "computed"
+    log.info("frozen trunk of %d rows %s in %.1f s", len(rows.dataset), how, rows.seconds)
+    return rows.dataset
