@@ -55,7 +55,7 @@ from fedmodel.privacy.spend import refuse as refuse_in_ledger
 from fedmodel.training import train
 from fedmodel.training.errors import TrainingError
 from fedmodel.training.loop import predict_proba
-from fedmodel.training.trunk import load_global_state, training_rows
+from fedmodel.training.trunk import load_global_state, rows_through_trunk
 from server import wire
 
 PLAN_STATE = "dp-plan"
@@ -339,7 +339,7 @@ def train_round(
     if request.proximal_mu > 0:
         proximal = (request.proximal_mu, {k: v.clone() for k, v in model.state_dict().items()})
     # the same rows through a frozen trunk computed once (the site's disk, never sent)
-    rows = training_rows(model, dataset, node.cache_dir, scenario.train)
+    rows = rows_through_trunk(model, dataset, node.cache_dir, scenario.train)
     result = train(
         model,
         rows,

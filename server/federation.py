@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid, RdpAccountant
 from flwr.serverapp.strategy import Strategy
+from torch.utils.data import Dataset
 
 from fedmodel import __version__
 from fedmodel.config import ConfigError, ScenarioConfig, config_hash
@@ -35,6 +36,7 @@ from fedmodel.partitions import dump_assignment, read_assignment
 from fedmodel.sim_nodes import pin_server
 from fedmodel.training import evaluate
 from fedmodel.training.checkpoint import load_weights, save_weights
+from fedmodel.training.trunk import load_global_state, rows_through_trunk
 from server import central_dp, wire
 from server.audit import AuditLog
 from server.recording import RecordingStrategy
@@ -380,6 +382,8 @@ def end_of_round_hook(
     settings, recorder, audit = state.settings, state.recorder, state.audit
     scenario, model, offset = settings.scenario, state.model, state.offset
 
+    test_rows: list[Dataset] = []  # the test rows through a frozen trunk, computed once
+
     def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         rnd = server_round + offset
         if server_round == 0 and offset > 0:
@@ -387,10 +391,12 @@ def end_of_round_hook(
         weights = arrays.to_torch_state_dict()
         metrics: dict[str, Any] = {}
         if state.evaluation != "none":
-            model.load_state_dict(weights)
+            load_global_state(model, weights)  # the server's own copy of a frozen public trunk
+            if not test_rows:
+                test_rows.append(rows_through_trunk(model, state.splits.test, None, scenario.train))
             metrics = evaluate(
                 model,
-                state.splits.test,
+                test_rows[0],
                 batch_size=scenario.train.eval_batch_size,
                 device=scenario.train.device,
             ).as_dict()

@@ -163,13 +163,13 @@ def compute_trunk(
     return out
 
 
-def training_rows(
+def rows_through_trunk(
     model: nn.Module, dataset: Dataset, cache_dir: Path | None, train_cfg: TrainConfig
 ) -> Dataset:
     """What ``train`` should iterate: trunk outputs when the model has a frozen trunk and
     ``train.trunk_cache`` is on, else ``dataset`` itself. ``cache_dir`` is the site's cache
     folder (the trunk entries go to its ``trunk/`` subfolder)."""
-    if not (train_cfg.trunk_cache and has_trunk(model)):
+    if not (train_cfg.trunk_cache and has_trunk(model)) or len(dataset) == 0:  # type: ignore[arg-type]
         return dataset
     folder = None if cache_dir is None else Path(cache_dir) / TRUNK_SUBDIR
     rows = trunk_rows(model, dataset, folder, device=resolve_device(train_cfg.device))

@@ -1,4 +1,4 @@
-"""MiniLM sentence classifier: mean pooling, the trainable-part choices, Opacus and fast clipping."""
+"""MiniLM sentence classifier: mean pooling, what trains, Opacus and fast clipping."""
 
 from __future__ import annotations
 

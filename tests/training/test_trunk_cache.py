@@ -11,7 +11,7 @@ from fedmodel.cache import TensorCache
 from fedmodel.config import DPConfig, ModelConfig, OptimizerConfig, TrainConfig
 from fedmodel.models import build_model
 from fedmodel.training import train
-from fedmodel.training.trunk import load_global_state, training_rows, trunk_rows
+from fedmodel.training.trunk import load_global_state, rows_through_trunk, trunk_rows
 
 SEQ = 16
 CPU = torch.device("cpu")
@@ -108,10 +108,10 @@ def test_dp_training_on_trunk_outputs_is_training_on_the_rows(tmp_path):
     }
     direct, cached = minilm("top-k"), minilm("top-k")
     plain = train(direct, data, **cfgs)
-    fast = train(cached, training_rows(cached, data, tmp_path, cfgs["train_cfg"]), **cfgs)
+    fast = train(cached, rows_through_trunk(cached, data, tmp_path, cfgs["train_cfg"]), **cfgs)
     assert plain.history == fast.history
     for name, value in plain.state_dict.items():
         torch.testing.assert_close(fast.state_dict[name], value, atol=1e-5, rtol=1e-4)
     assert list((tmp_path / "trunk").glob("*.pt"))  # the site's cache holds the entry
     off = TrainConfig(trunk_cache=False)
-    assert training_rows(cached, data, tmp_path, off) is data
+    assert rows_through_trunk(cached, data, tmp_path, off) is data
