@@ -136,7 +136,10 @@ class NodeSession:
             partition = request.partitions[self.node.name]
         elif self.partition_id is not None and self.num_partitions is not None:
             partition = (self.partition_id, self.num_partitions)
-        return node_rows(request.scenario, self.node.data.site_files(), partition, test)
+        files = self.node.data.site_files()
+        if files is not None and files.cache_dir is None:  # tokenised once, on this site's disk
+            files = files.model_copy(update={"cache_dir": self.node.cache_dir})
+        return node_rows(request.scenario, files, partition, test)
 
     def partition_reason(self, request: RoundRequest) -> str | None:
         """Packaged rows come from the coordinator's signed table: a site it left out, or one

@@ -200,6 +200,11 @@ class SiteFiles(_Strict):
         0.2, gt=0, lt=1, description="held out of path (stratified) when test_path is absent"
     )
     seed: int = 0
+    cache_dir: Path | None = Field(
+        None,
+        description="where tokenised rows are cached on this site's disk (a node sets its own "
+        "cache_dir); none: tokenised every time",
+    )
 
     def resolved_format(self) -> DataFormat:
         if self.format is not None:

@@ -89,6 +89,8 @@ def text_datasets(
         ]
     out = []
     for texts, labels, rows in pairs:
-        ids, mask = tokenize_texts([texts[i] for i in rows], task.max_length)
+        ids, mask = tokenize_texts(
+            [texts[i] for i in rows], task.max_length, cache_dir=files.cache_dir
+        )
         out.append(TensorDataset(ids, mask, torch.from_numpy(labels[rows].astype(np.int64))))
     return out[0], out[1]

