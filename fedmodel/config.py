@@ -80,6 +80,11 @@ class ModelConfig(StrictModel):
     bert_top_k: int = Field(1, ge=1, le=6, description="MiniLM top-k: encoder layers trained")
     bert_lora_rank: int = Field(8, ge=1, le=64, description="MiniLM lora: adapter rank")
     bert_lora_alpha: float = Field(16.0, gt=0, description="MiniLM lora: scale alpha / rank")
+    bert_normalize: bool = Field(
+        False,
+        description="MiniLM: unit-length sentence vectors before the head (the checkpoint's "
+        "own Normalize step)",
+    )
     factory: FactorySpec | None = Field(
         None, description='custom only: "package.module:function" building the model'
     )

@@ -148,6 +148,7 @@ def run_local_training(
     from fedmodel.models import build_model
     from fedmodel.training import evaluate, train
     from fedmodel.training.export import export_model
+    from fedmodel.training.trunk import rows_through_trunk
 
     splits = load_dataset(cfg.data)
     net = build_model(
@@ -173,13 +174,14 @@ def run_local_training(
 
         result = train(
             net,
-            splits.train,
+            rows_through_trunk(net, splits.train, None, cfg.train),  # frozen layers: once
             train_cfg=cfg.train,
             optim_cfg=cfg.optimizer,
             dp_cfg=cfg.dp,
             progress=on_step,
         )
-    test = evaluate(net, splits.test, batch_size=cfg.train.eval_batch_size, device=cfg.train.device)
+    test_rows = rows_through_trunk(net, splits.test, None, cfg.train)
+    test = evaluate(net, test_rows, batch_size=cfg.train.eval_batch_size, device=cfg.train.device)
     console.print(results_table(result, test))
     if out is not None:
         export_model(

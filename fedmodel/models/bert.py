@@ -146,6 +146,7 @@ class MiniLMClassifier(nn.Module):
         lora_rank: int = 8,
         lora_alpha: float = 16.0,
         dropout: float = 0.0,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         if not 1 <= max_length <= MINILM_MAX_POSITIONS:
@@ -160,6 +161,7 @@ class MiniLMClassifier(nn.Module):
         self.max_length = max_length
         self.embeddings = bert.embeddings
         self.layers = bert.encoder.layer
+        self.normalize = normalize
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(bert.config.hidden_size, num_classes)
         self._trunk_config = {
@@ -181,14 +183,22 @@ class MiniLMClassifier(nn.Module):
             return self._from_trunk(inputs, attention_mask)
         ids, mask = _cut_padding(inputs, attention_mask)
         hidden = self._run_layers(self._embed(ids), mask, 0)
-        return self.head(self.dropout(mean_pool(hidden, mask)))
+        return self._classify(mean_pool(hidden, mask))
 
     def _from_trunk(self, states: Tensor, attention_mask: Tensor) -> Tensor:
         if states.dim() == 2:  # pooled: only the head trains
-            return self.head(self.dropout(states))
+            return self._classify(states)
         states, mask = _cut_padding(states, attention_mask)
         hidden = self._run_layers(states, mask, self.frozen_layers)
-        return self.head(self.dropout(mean_pool(hidden, mask)))
+        return self._classify(mean_pool(hidden, mask))
+
+    def _classify(self, pooled: Tensor) -> Tensor:
+        """The head on the sentence vector; unit length first with ``normalize`` (the
+        checkpoint's own last step, sentence-transformers' ``Normalize``). Per row, so it is
+        post-processing of that row alone; it happens after the trunk, so cached outputs hold."""
+        if self.normalize:
+            pooled = nn.functional.normalize(pooled, dim=-1)
+        return self.head(self.dropout(pooled))
 
     def _embed(self, ids: Tensor) -> Tensor:
         batch, length = ids.shape

@@ -73,6 +73,7 @@ def _build(
             top_k=cfg.bert_top_k,
             lora_rank=cfg.bert_lora_rank,
             lora_alpha=cfg.bert_lora_alpha,
+            normalize=cfg.bert_normalize,
             dropout=cfg.dropout,
         )
     raise ModelError(f"model.name: unknown model {cfg.name!r} (one of {', '.join(MODEL_NAMES)})")

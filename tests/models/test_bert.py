@@ -129,3 +129,13 @@ def test_bad_minilm_settings_are_model_errors():
         build_model(ModelConfig(name="minilm"), (1, 28, 28), 2)
     with pytest.raises(ModelError, match="no frozen encoder layer"):
         minilm("lora").trunk(*batch())
+
+
+def test_normalised_sentence_vectors_are_scale_free():
+    cfg = ModelConfig(name="minilm", bert_layers=2, bert_normalize=True)
+    model = build_model(cfg, (SEQ,), 2, seed=0).eval()
+    ids, mask = batch()
+    with torch.no_grad():
+        pooled = model.trunk(ids, mask)
+        torch.testing.assert_close(model(pooled, mask), model(ids, mask))
+        torch.testing.assert_close(model(3.0 * pooled, mask), model(pooled, mask))
