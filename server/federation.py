@@ -74,6 +74,8 @@ class ServerSettings:
     ``server_keys_dir``: deployment's ServerApp keys (``server.x25519``, ``server.ed25519``);
     ``None`` makes fresh ones in ``RUN_DIR/server-keys``. ``registered_keys_dir``: deployment's
     ``<node>.ed25519.pub`` files; ``None`` registers the simulation's virtual nodes.
+    ``cache_dir``: where the server keeps its own test rows' frozen-trunk outputs across runs
+    (``None``: computed once per run, in memory).
     """
 
     scenario: ScenarioConfig
@@ -86,6 +88,7 @@ class ServerSettings:
     on_round: RoundCallback | None = None
     server_keys_dir: Path | None = None
     registered_keys_dir: Path | None = None
+    cache_dir: Path | None = None  # the coordinator's cache of its test rows' trunk outputs
 
 
 @dataclass
@@ -393,7 +396,10 @@ def end_of_round_hook(
         if state.evaluation != "none":
             load_global_state(model, weights)  # the server's own copy of a frozen public trunk
             if not test_rows:
-                test_rows.append(rows_through_trunk(model, state.splits.test, None, scenario.train))
+                test = rows_through_trunk(
+                    model, state.splits.test, settings.cache_dir, scenario.train
+                )
+                test_rows.append(test)
             metrics = evaluate(
                 model,
                 test_rows[0],
