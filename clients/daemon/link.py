@@ -126,8 +126,9 @@ class LinkWatch:
             if link.state == STATE_UNREACHABLE:
                 return replace(link, detail=detail)  # keep since: when the trouble began
             return replace(link, state=STATE_UNREACHABLE, since=now, detail=detail)
-        if RECOVERED in text and self._active:
-            return replace(link, state=STATE_CONNECTED, since=now, detail="")
+        if RECOVERED in text:  # reachable again; connected only once this process has an id
+            state = STATE_CONNECTED if self._active else STATE_STARTING
+            return replace(link, state=state, since=now, detail="")
         return None
 
     def _write(self) -> None:
