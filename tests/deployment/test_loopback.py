@@ -234,9 +234,9 @@ def test_restarted_node_continues_its_ledger(story):
 def test_status_and_stop_commands(story):
     text = story["status_text"]
     assert "connected (SuperNode id" in text and "left" in text, text
-    assert "stopped node supervisor" in story["node_stop"]
+    assert story["node_stop"].startswith("stopped node node-0 (pid")
     assert story["node_0_exit"] == 0  # SIGTERM: a clean stop, not a failure for systemd
-    assert "stopped SuperLink supervisor" in story["server_stop"]
+    assert story["server_stop"].startswith("stopped the SuperLink (pid")
     assert story["server_exit"] == 0
 
 
