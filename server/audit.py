@@ -95,8 +95,12 @@ class AuditLog:
         rel = os.path.relpath(path, self.path.parent)
         self._append("checkpoint", round=rnd, path=rel, sha256=sha256)
 
-    def run_finished(self, model_hash: str | None) -> None:
-        self._append("run-end", model_hash=model_hash)
+    def run_finished(
+        self, model_hash: str | None, status: str = "finished", reason: str | None = None
+    ) -> None:
+        """``status`` "failed" (no model exported, ``model_hash`` None) says why in ``reason``."""
+        extra = {} if status == "finished" else {"status": status, "reason": reason}
+        self._append("run-end", model_hash=model_hash, **extra)
 
     def _append(self, event: str, **fields: Any) -> None:
         now = datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -81,15 +81,15 @@ def run(
 
     cfg = load_server_config(config)
     request = RunRequest(scenario=scenario, rounds=rounds, run_dir=out, min_nodes=min_nodes)
-    run_dir = submit_run(cfg, request, _print_round)
+    run_dir = submit_run(cfg, request, _print_round, typer.echo)
     typer.echo(f"run folder: {run_dir}")
 
 
 def _print_round(row: dict[str, Any]) -> None:
-    acc = row.get("server", {}).get("accuracy", float("nan"))
-    clients = row.get("clients", [])
-    status = ", ".join(f"{c.get('node')} {c.get('status')}" for c in clients) or "initial model"
-    typer.echo(f"round {row.get('round')}: accuracy {acc:.3f} ({status})")
+    from server.records import round_report
+
+    for line in round_report(row):
+        typer.echo(line)
 
 
 def _say(text: str) -> None:
