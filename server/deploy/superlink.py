@@ -6,7 +6,7 @@ and a persistent database (so registrations and run history survive restarts), r
 dependency installation off; waits for both ports; registers the auth key of every node in
 server.toml over the loopback control port (idempotent: a key registered on a previous start
 is reported as such); makes the ServerApp's sealing keys once (their fingerprints are what
-sites pin, docs/operator-guide.md section 7); then waits until SIGTERM/SIGINT or until the
+sites pin, docs/operator-guide.md section 5); then waits until SIGTERM/SIGINT or until the
 SuperLink exits, and stops it by PID. Its output, and that of the ServerApps it launches, goes
 to a size-rotated log file.
 """
