@@ -304,8 +304,8 @@ def test_every_command_block_is_run_written_or_skipped_with_a_reason():
     assert runs == set(FOLDERS) and any(marked(blocks, "background"))
 
 
-def test_loopback_leaves_nothing_of_the_guide_hosts_paths_or_placeholders():
-    loop = Loopback.on(Path("/tmp/guide"))
+def test_loopback_leaves_nothing_of_the_guide_hosts_paths_or_placeholders(tmp_path):
+    loop = Loopback.on(tmp_path)
     loop.told[FINGERPRINT] = "0" * 64
     blocks = guide_blocks()
     for block in [*marked(blocks, "run"), *marked(blocks, "file")]:
