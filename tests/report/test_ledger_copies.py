@@ -89,7 +89,7 @@ def test_a_rewritten_history_is_refused(site, copies, tmp_path):
     reported = _spend(rewritten, 2, run_id="run-rewritten")
     lines = rewritten.signed_lines(0, reported.count)
     # the site sends from the start (as if the server had forgotten): the overlap differs
-    with pytest.raises(SealError, match="ledger-history.*rewritten") as from_start:
+    with pytest.raises(SealError, match=r"ledger-history.*rewritten") as from_start:
         copies.extend(NODE, LedgerSuffix(0, tuple(lines)).encode(), reported)
     # or only what follows the head the server named: it does not link onto it
     after = LedgerSuffix(held.count, tuple(lines[held.count :]))
@@ -141,5 +141,7 @@ def test_resume_keeps_the_copy(site, copies, tmp_path: Path):
     again = LedgerCopies(copies.run_dir, copies.signers)  # a resumed ServerApp
     assert again.held(NODE) == copies.held(NODE)
     second = _spend(ledger, 2)
-    again.extend(NODE, LedgerSuffix(0, tuple(ledger.signed_lines(0, second.count))).encode(), second)
+    again.extend(
+        NODE, LedgerSuffix(0, tuple(ledger.signed_lines(0, second.count))).encode(), second
+    )
     assert again.held(NODE) == second
