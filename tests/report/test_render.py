@@ -28,7 +28,7 @@ def test_cli_success_prints_summary(built, run_dir: Path, monkeypatch) -> None:
     monkeypatch.setattr(fedmodel.report.build, "build_report", fake_build)
     result = invoke(str(run_dir))
     assert result.exit_code == 0, result.output
-    assert calls == [(run_dir, run_dir / "report", None, None, None)], "default --out: RUN_DIR/report"
+    assert calls == [(run_dir, run_dir / "report", None, None, None)], "default: RUN_DIR/report"
     assert "budget exceeded: none" in result.stdout and "report.pdf" in result.stdout
 
 
