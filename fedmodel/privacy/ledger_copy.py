@@ -42,7 +42,7 @@ from fedmodel.privacy.ledger import (
 )
 
 COPIES_DIR = "ledgers"  # RUN_DIR/ledgers/<node>/{ledger.jsonl, signer.pub}
-MAX_SUFFIX_BYTES = 16 * 1024 * 1024  # ~25,000 entries: a site's whole history, first reply
+MAX_SUFFIX_BYTES = 4 * 1024 * 1024  # ~6,000 entries: a site's whole history, first reply
 _INCOMING = ".incoming.jsonl"
 
 
