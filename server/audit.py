@@ -158,8 +158,9 @@ def verify_audit(
 ) -> AuditReport:
     """Verify ``path`` (a run folder or its audit.jsonl); bad input raises :class:`AuditError`.
 
-    Without a key, the run folder's own ``server-keys/server.ed25519.pub`` is used: that proves
-    the log is self-consistent, not who wrote it; pass the key the coordinator published.
+    Without a key, the run folder's ``server-keys/server.ed25519.pub`` is used (the public half
+    the ServerApp copied there; no private half is kept in a deployment's run folder): that
+    proves the log is self-consistent, not who wrote it; pass the key the coordinator published.
     """
     file = _audit_file(Path(path))
     key, source = resolve_verify_key(
@@ -167,7 +168,8 @@ def verify_audit(
         file.parent / DEFAULT_KEY,
         "run folder's server-keys",
         AuditError,
-        "pass the server's verify key with --key",
+        "pass the server's published verify key (fedmodel audit verify --key, "
+        "fedmodel report --server-key)",
     )
     try:
         chain = verify_chain(file, key)

@@ -39,6 +39,7 @@ from fedmodel.training.checkpoint import load_weights, save_weights
 from server import central_dp, wire
 from server.audit import AuditLog
 from server.deploy.grid import PromptGrid
+from server.ledger_copies import LedgerCopies, publish_keys
 from server.recording import RecordingStrategy, RoundFailed, SiteRoster
 from server.records import (
     RunRecorder,
@@ -119,6 +120,7 @@ def run_federation(grid: Grid, settings: ServerSettings) -> Path:
         sealed=scenario.security.sealed_updates,
     )
     traffic.request_ttl = settings.round_timeout + REQUEST_SLACK_S
+    traffic.copies = LedgerCopies(settings.run_dir, state.signers)
     sim_dir = str(settings.sim_nodes_dir) if settings.sim_nodes_dir is not None else None
     roster = SiteRoster(
         expected=sorted(state.signers),
@@ -243,6 +245,7 @@ def start_run(settings: ServerSettings) -> RunState:
     if settings.sim_nodes_dir is not None:  # the virtual sites pin this run's server keys
         pin_server(settings.sim_nodes_dir, keys.exchange_fingerprint, keys.verify_key_path)
     recorder = _open_records(settings, run_id, offset, initial)
+    publish_keys(settings.run_dir, signers, keys.verify_key_path)
     recorder.update_info(
         evaluation=_evaluation_record(scenario, evaluation), data=_data_record(scenario)
     )

@@ -157,7 +157,8 @@ class RecordingStrategy(Strategy):
         self.pending_eval: dict[int, dict[str, Any]] = {}
         self._global: ArrayRecord | None = None
         self._limit = 0
-        self._asked: dict[int, list[int]] = {}
+        self._requests: dict[tuple[str, int], list[Message]] = {}
+        self._senders: dict[str, int] = {}  # request message id -> the node it went to
 
     def summary(self) -> None:
         self.inner.summary()
@@ -170,17 +171,19 @@ class RecordingStrategy(Strategy):
         self.roster.round = rnd
         if self.roster.expected:
             self.roster.await_sites(grid, rnd)
-        messages = list(self.inner.configure_train(rnd, arrays, config, grid))
-        self._asked[rnd] = [m.metadata.dst_node_id for m in messages]
-        return self.traffic.sign_requests(messages, arrays, rnd, self.sim_nodes_dir)
+        messages = self.inner.configure_train(rnd, arrays, config, grid)
+        signed = list(self.traffic.sign_requests(messages, arrays, rnd, self.sim_nodes_dir))
+        self._requests[("train", rnd)] = signed  # Flower sets their message ids as it pushes
+        return signed
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         rnd = server_round + self.round_offset
         replies = list(replies)
+        asked = self._learn_senders("train", rnd)
         accepted, rows = self.screen(rnd, replies)
-        rows += self._silent(rnd, replies)
+        rows += self._silent(asked, replies)
         self.pending_rows[rnd] = rows
         self.last_outcome = outcome_line(rows)
         if accepted:
@@ -201,7 +204,11 @@ class RecordingStrategy(Strategy):
         if self.evaluate_last_only and rnd != self.last_round:
             return []
         messages = self.inner.configure_evaluate(rnd, arrays, config, grid)
-        return self.traffic.sign_requests(messages, arrays, rnd, self.sim_nodes_dir, "evaluate")
+        signed = list(
+            self.traffic.sign_requests(messages, arrays, rnd, self.sim_nodes_dir, "evaluate")
+        )
+        self._requests[("evaluate", rnd)] = signed
+        return signed
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -212,6 +219,8 @@ class RecordingStrategy(Strategy):
         ratios here are post-processing of those releases and cost nothing more.
         """
         rnd = server_round + self.round_offset
+        replies = list(replies)
+        self._learn_senders("evaluate", rnd)
         rows = [self._named(msg, self._screen_one(rnd, msg, "evaluate")) for msg in replies]
         summary = federated_summary(rows)
         self.pending_eval[rnd] = {**summary, "sites": rows} if rows else {}
@@ -239,12 +248,23 @@ class RecordingStrategy(Strategy):
             row.pop("_norm", None)
         return accepted, rows
 
-    def _silent(self, rnd: int, replies: list[Message]) -> list[dict[str, Any]]:
+    def _learn_senders(self, task: str, rnd: int) -> list[int]:
+        """The nodes this round's requests went to, remembered by request id: an error reply
+        the SuperLink writes for a node (e.g. "Node Unavailable") comes from the SuperLink,
+        not the node, so only the request it answers names the site."""
+        requests = self._requests.pop((task, rnd), [])
+        self._senders = {m.metadata.message_id: m.metadata.dst_node_id for m in requests}
+        return [m.metadata.dst_node_id for m in requests]
+
+    def _sender(self, msg: Message) -> int:
+        return self._senders.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+
+    def _silent(self, asked: list[int], replies: list[Message]) -> list[dict[str, Any]]:
         """A row for each site asked this round that never answered (one site, one row), and
         the next round does not wait for it to reconnect: it joins again when it does."""
-        answered = {m.metadata.src_node_id for m in replies}
+        answered = {self._sender(m) for m in replies}
         rows = []
-        for node_id in self._asked.pop(rnd, []):
+        for node_id in asked:
             if node_id not in answered:
                 name = self.roster.name(node_id)
                 rows.append({"node": name, "status": "error",
@@ -255,7 +275,7 @@ class RecordingStrategy(Strategy):
     def _named(self, msg: Message, row: dict[str, Any]) -> dict[str, Any]:
         """One site, one name: a verified reply teaches the roster its node's name; a reply
         that could not be verified is named by what the roster knows, not by its claim."""
-        src = msg.metadata.src_node_id
+        src = self._sender(msg)
         verified = row["status"] in ("ok", "refused")  # opened, or a checked signed refusal
         if verified and not str(row["node"]).startswith("flower-"):
             self.roster.names.setdefault(src, str(row["node"]))
@@ -268,7 +288,8 @@ class RecordingStrategy(Strategy):
         src = msg.metadata.src_node_id
         if msg.has_error():
             reason = wire.short_reason(msg.error.reason)
-            return {"node": f"flower-{src}", "status": "error", "reason": reason}
+            return {"node": self.roster.name(self._sender(msg)), "status": "error",
+                    "reason": reason}  # fmt: skip
         claimed = wire.claimed_node(msg.content, src)
         if wire.REFUSAL in msg.content:
             try:

@@ -260,3 +260,27 @@ def test_relay_database_holds_no_plaintext_of_the_sealed_run(story):
     assert story["server_exit"] == 0  # the database is closed and complete
     state = dep.root / "coordinator" / "state"
     assert_relay_never_saw_plaintext(state, dep.run_dir("b"), dep.run_dir("c"))
+
+
+def test_unsealed_run_reports_from_its_folder_alone_with_the_published_server_key(story, tmp_path):
+    """Run A (plain updates): no site's ledger or node.toml reaches the coordinator by hand, yet
+    the report verifies both sites with their signed caps, and the audit log verifies with the
+    ServerApp key the sites pinned (and with no other)."""
+    from fedmodel.crypto.keys import generate_signing_key, save_public_key
+    from fedmodel.report.collect import collect_report
+    from server.audit import verify_audit
+
+    dep = story["dep"]
+    run_dir = dep.run_dir("a")
+    published = dep.root / "coordinator" / "state" / "server-keys" / "server.ed25519.pub"
+    report = collect_report(run_dir, server_key=published)
+    clients = {c.node: c for c in report.clients}
+    assert clients["node-1"].cap is not None and clients["node-1"].cap.epsilon == 50.0
+    assert clients["node-0"].cap is None and clients["node-0"].cap_status == "uncapped"
+    assert all(c.ledger.key_pinned and "ledgers" in c.ledger.path for c in clients.values())
+    assert report.audit is not None and report.audit.verified, report.audit
+    assert verify_audit(run_dir, published).ok
+    other = tmp_path / "other.pub"
+    save_public_key(generate_signing_key().public_key(), other)
+    assert verify_audit(run_dir, other).first_break.kind == "bad-signature"
+    assert not (run_dir / "server-keys" / "server.ed25519").exists()  # no private half here
