@@ -13,7 +13,10 @@ in HTML comments right above its blocks (invisible when rendered); those marks a
   is that file's whole content, in that place's folder.
 * ``<!-- skip: reason -->``: not run here, and why.
 
-A bash or toml block with none of these fails, so a new block cannot escape the test.
+A bash or toml block with none of these fails, so a new block cannot escape the test. A
+``fedmodel`` line runs in this process through the CLI's own app (the same argv, minus an
+interpreter and a torch import per line); shell lines (``scp``, ``sha256sum``, ``cat >>``) run
+in bash.
 
 The loopback set-up, applied to every line and file (``Loopback.substitute``):
 
@@ -350,8 +353,10 @@ def test_the_guide_ends_with_a_run_both_sites_trained_and_its_report(walked):
     trained = [r for r in read_metrics(info_path.parent) if r["round"] >= 1]
     assert trained and all({c["node"]: c["status"] for c in r["clients"]}
                            == dict.fromkeys(SITES, "ok") for r in trained)  # fmt: skip
-    (report,) = [p for p in coordinator.rglob("report.json") if "runs" not in p.parts]
-    assert sorted(c["node"] for c in json.loads(report.read_text())["clients"]) == list(SITES)
+    (path,) = [p for p in coordinator.rglob("report.json") if "runs" not in p.parts]
+    report = json.loads(path.read_text())
+    assert sorted(c["node"] for c in report["clients"]) == list(SITES)
+    assert report["warnings"] == []
     bash = [b.line for b in blocks if b.lang == "bash"]
     assert {line: run.done.get(line) for line in bash} == {
         b.line: ("skipped" if "skip" in b.marks else "ran") for b in blocks if b.lang == "bash"
