@@ -261,7 +261,7 @@ def heart_validation(cfg: Any) -> tuple[int, Any]:
 
     The validation rows are the training rows that ``data.train_limit = fit_rows`` leaves out
     (the limit is a seeded slice stratified by hospital and label), preprocessed per hospital
-    with the statistics of the rows the run trains on, as the run's own nodes and server do. The
+    with the medians of the rows the run trains on, as the run's own nodes and server do. The
     training features rebuilt here must equal the run's own, so the two cannot drift apart.
     """
     import numpy as np
@@ -270,7 +270,7 @@ def heart_validation(cfg: Any) -> tuple[int, Any]:
 
     from fedmodel.data import load_dataset
     from fedmodel.data.heart import load_heart_data
-    from fedmodel.data.preprocess import preprocess_tabular
+    from fedmodel.data.site import encode_frame, impute_per_site
     from fedmodel.data.split import holdout_and_limit, holdout_split
     from fedmodel.data.tables import LABEL, SITE
 
@@ -283,13 +283,13 @@ def heart_validation(cfg: Any) -> tuple[int, Any]:
     fit, test = holdout_and_limit(limited, labels, sites)
     held = np.setdiff1d(train, fit)
     assert len(np.intersect1d(held, test)) == 0 and len(fit) == fit_rows
-    features = preprocess_tabular(
-        data.spec, data.train.iloc[fit], data.train.iloc[held], sites[fit], sites[held]
-    )
+    encoded = encode_frame(data.task, data.train, data.source)
+    x_fit, x_held = encoded[fit], encoded[held]
+    impute_per_site(data.task, x_fit, x_held, sites[fit], sites[held])
     run_train = load_dataset(limited).train.tensors[0]
-    assert torch.equal(run_train, torch.from_numpy(features.x_train)), "data layer drifted"
+    assert torch.equal(run_train, torch.from_numpy(x_fit)), "data layer drifted"
     y = torch.tensor(labels[held].astype(np.int64))
-    return fit_rows, TensorDataset(torch.from_numpy(features.x_test), y)
+    return fit_rows, TensorDataset(torch.from_numpy(x_held), y)
 
 
 def validation_accuracy(summary: dict[str, Any], validation: Any) -> float:

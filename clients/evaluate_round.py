@@ -65,7 +65,7 @@ def run_evaluate_round(content: RecordDict, context: Context) -> RecordDict:
         seed_secret=seed_secret(session),
     )
     if isinstance(decision, Denied):
-        return refused_from(session, decision.entry).record()
+        return refused_from(session, decision.entry, request).record()
     scenario = request.scenario
     model.load_state_dict(verified.channel.global_state())
     labels, probs, _ = predict_proba(

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 from clients.policy import delta_violation, policy_violation
 from clients.sealing import ServerChannel
 from fedmodel.config import ConfigError, DPConfig, ScenarioConfig
+from fedmodel.crypto.chain import ChainHead
 from fedmodel.crypto.keys import load_signing_key
 from fedmodel.crypto.pin import PinMissing, load_pin
 from fedmodel.crypto.seal import SealError, SignedRequest
@@ -49,6 +50,7 @@ from fedmodel.partitions import Assignment, parse_assignment
 from fedmodel.privacy.accountant import calibrate_noise, sampling_plan
 from fedmodel.privacy.highwater import LedgerRollback
 from fedmodel.privacy.ledger import NO_DP, Ledger, LedgerEntry, LedgerError
+from fedmodel.privacy.ledger_copy import check_holds, parse_head, suffix_for
 from fedmodel.privacy.release import history_entry, noised_summary, site_stats
 from fedmodel.privacy.spend import Denied, Reserved, SiteRules, SpendPlan, commit, reserve
 from fedmodel.privacy.spend import refuse as refuse_in_ledger
@@ -77,6 +79,7 @@ class RoundRequest:
     proximal_mu: float
     digest: bytes = b""  # SHA-256 of the signed blob: the request, exactly as the server signed it
     partitions: Assignment | None = None  # the coordinator's signed table, for packaged rows
+    held: ChainHead | None = None  # the head of this node's ledger the server holds a copy to
 
     @classmethod
     def from_signed(cls, signed: SignedRequest, digest: bytes = b"") -> RoundRequest:
@@ -85,12 +88,13 @@ class RoundRequest:
             scenario = ScenarioConfig.model_validate_json(str(config[wire.SCENARIO]))
             num_rounds = int(config[wire.NUM_ROUNDS])
             mu = float(config.get(wire.PROXIMAL_MU, 0.0))
+            held = parse_head(config.get(wire.LEDGER_HELD))
         except Exception:  # pydantic, a missing key: the request itself is malformed
             raise ConfigError("malformed training request (scenario or plan)") from None
         table = None
         if wire.PARTITIONS in config:
             table = parse_assignment(str(config[wire.PARTITIONS]), "request")
-        return cls(signed.run_id, signed.round, num_rounds, scenario, mu, digest, table)
+        return cls(signed.run_id, signed.round, num_rounds, scenario, mu, digest, table, held)
 
 
 def node_file_for(context: Context, sim_nodes_dir: str | None) -> Path:
@@ -255,14 +259,7 @@ def check_expected_head(ledger: Ledger, head: Any) -> None:
     back with its high-water mark (a restored backup of the whole node folder) stops here."""
     if head is None:
         return
-    entries = ledger.entries()
-    count, digest = int(head.get("count", 0)), head.get("hash")
-    if count > len(entries) or (count > 0 and entries[count - 1].hash != digest):
-        raise LedgerRollback(
-            f"{ledger.path}: the coordinator last saw this ledger at {count} entries "
-            f"(head {str(digest)[:16]}…), which it does not contain: restore the ledger that "
-            "reached that head"
-        )
+    check_holds(ledger.entries(), parse_head(head), ledger.path)
 
 
 def _blob_digest(record: Any) -> bytes:
@@ -291,7 +288,8 @@ def answer(
 ) -> RecordDict:
     """Sign (or seal) what leaves, then commit the reserved spend with its SHA-256."""
     session = verified.session
-    payload = wire.update_payload(state_dict, metrics, node)
+    suffix = suffix_for(session.ledger, verified.request.held, reserved.entry.seq + 1)
+    payload = wire.update_payload(state_dict, metrics, node, suffix.encode())
     envelope = verified.channel.reply(payload, session.node.name, session.signing_key)
     commit(session.ledger, reserved, hashlib.sha256(envelope).hexdigest())
     return wire.envelope_record(envelope, session.node.name)
@@ -334,7 +332,7 @@ def train_round(
     plan = _spend_plan(request, dp, n, sample_rate, steps, releases, metrics_release)
     decision = reserve(session.ledger, plan, session.rules, seed_secret=seed_secret(session))
     if isinstance(decision, Denied):
-        return refused_from(session, decision.entry)
+        return refused_from(session, decision.entry, request)
 
     torch.manual_seed(decision.seed)  # the round's global stream; train() seeds its own
     load_global_state(model, global_state)  # a frozen public trunk stays the site's own copy
@@ -577,7 +575,7 @@ def _planned_releases(
 def refuse(session: NodeSession, request: RoundRequest, reason: str) -> Refused:
     """Record a refusal decided before any spend (policy, delta) in the ledger, then say it."""
     entry = refuse_in_ledger(session.ledger, request.run_id, request.round, reason, session.rules)
-    return refused_from(session, entry)
+    return refused_from(session, entry, request)
 
 
 def refuse_unverified(session: NodeSession, reason: str) -> RecordDict:
@@ -589,14 +587,22 @@ def refuse_unverified(session: NodeSession, reason: str) -> RecordDict:
     return refused_from(session, entry).record()
 
 
-def refused_from(session: NodeSession, entry: LedgerEntry) -> Refused:
+def refused_from(
+    session: NodeSession, entry: LedgerEntry, request: RoundRequest | None = None
+) -> Refused:
     """The refusal record: the node's signed ledger line, and exactly the values in it (the
-    server rejects a refusal whose reason, head, count or epsilon differ from the line's)."""
+    server rejects a refusal whose reason, head, count or epsilon differ from the line's), with
+    the entries up to it the server does not hold yet (none to a request nobody verified)."""
     line = session.ledger.signed_line(entry.hash)
     projected = float("nan") if entry.projected_epsilon is None else entry.projected_epsilon
     reason = str(entry.reason)
+    suffix = b""
+    if request is not None:
+        suffix = suffix_for(session.ledger, request.held, entry.seq + 1).encode()
     return Refused(
-        wire.refusal_record(session.node.name, reason, projected, entry.hash, entry.seq + 1, line)
+        wire.refusal_record(
+            session.node.name, reason, projected, entry.hash, entry.seq + 1, line, suffix
+        )
     )
 
 

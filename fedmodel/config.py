@@ -172,7 +172,12 @@ class TrainConfig(StrictModel):
 class StrategyConfig(StrictModel):
     name: StrategyName = "fedavg"
     fraction_train: float = Field(1.0, gt=0, le=1)
-    min_train_nodes: int = Field(2, ge=1)
+    min_train_nodes: int | None = Field(
+        None,
+        ge=1,
+        description="fewest sites a round may train with; absent: what the strategy needs "
+        "(Krum 2f+3, every other strategy 1), so a run goes on without a lost site",
+    )
     proximal_mu: float = Field(0.01, ge=0, description="FedProx")
     server_lr: float = Field(0.01, gt=0, description="FedAdam eta")
     server_beta1: float = Field(0.9, ge=0, lt=1)
@@ -185,6 +190,17 @@ class StrategyConfig(StrictModel):
         description="L2 bound on one update: a number; 'auto' = 10x the round's median update "
         "norm (from 3 replies on); 'off' = no bound (NaN/Inf are always rejected)",
     )
+
+    def strategy_needs(self) -> int:
+        """Sites the aggregation rule itself needs: Krum scores each update against its
+        n - f - 2 nearest, so it needs 2f + 3; a mean, median or trimmed mean works with one."""
+        return 2 * self.krum_num_malicious + 3 if self.name == "krum" else 1
+
+    def min_nodes(self, num_clients: int) -> int:
+        """The fewest sites a round trains with: the configured floor, else what the strategy
+        needs, never more than the federation has."""
+        wanted = self.min_train_nodes or self.strategy_needs()
+        return max(1, min(wanted, num_clients))
 
     @model_validator(mode="after")
     def _positive_bound(self) -> StrategyConfig:

@@ -77,7 +77,7 @@ def tiny_tabular(
             "data.dataset": "breast-cancer",
             "model.name": "mlp",
             "model.hidden_sizes": [16],
-            "optimizer.lr": 0.05,
+            "optimizer.lr": 0.4,
             "dp.noise_multiplier": 1.0,
             "train.batch_size": 32,
             "strategy.min_train_nodes": nodes,

@@ -49,6 +49,8 @@ def simulate(settings: ServerSettings, *, verbose: bool = False) -> Path:
     prepare_sim_nodes(settings.sim_nodes_dir, settings.scenario)
     _run_engine(settings, verbose=verbose)
     info = RunRecorder(settings.run_dir, settings.scenario, "").read_run_info() or {}
+    if info.get("status") == "failed":
+        raise SimulationError(f"{settings.run_dir}: run failed: {info.get('failure')}", exit_code=1)
     if info.get("status") != "finished":
         raise SimulationError(
             f"{settings.run_dir}: simulation ended without finishing (see the Flower log above)"

@@ -95,8 +95,12 @@ class AuditLog:
         rel = os.path.relpath(path, self.path.parent)
         self._append("checkpoint", round=rnd, path=rel, sha256=sha256)
 
-    def run_finished(self, model_hash: str | None) -> None:
-        self._append("run-end", model_hash=model_hash)
+    def run_finished(
+        self, model_hash: str | None, status: str = "finished", reason: str | None = None
+    ) -> None:
+        """``status`` "failed" (no model exported, ``model_hash`` None) says why in ``reason``."""
+        extra = {} if status == "finished" else {"status": status, "reason": reason}
+        self._append("run-end", model_hash=model_hash, **extra)
 
     def _append(self, event: str, **fields: Any) -> None:
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -154,8 +158,9 @@ def verify_audit(
 ) -> AuditReport:
     """Verify ``path`` (a run folder or its audit.jsonl); bad input raises :class:`AuditError`.
 
-    Without a key, the run folder's own ``server-keys/server.ed25519.pub`` is used: that proves
-    the log is self-consistent, not who wrote it; pass the key the coordinator published.
+    Without a key, the run folder's ``server-keys/server.ed25519.pub`` is used (the public half
+    the ServerApp copied there; no private half is kept in a deployment's run folder): that
+    proves the log is self-consistent, not who wrote it; pass the key the coordinator published.
     """
     file = _audit_file(Path(path))
     key, source = resolve_verify_key(
@@ -163,7 +168,8 @@ def verify_audit(
         file.parent / DEFAULT_KEY,
         "run folder's server-keys",
         AuditError,
-        "pass the server's verify key with --key",
+        "pass the server's published verify key (fedmodel audit verify --key, "
+        "fedmodel report --server-key)",
     )
     try:
         chain = verify_chain(file, key)

@@ -50,7 +50,7 @@ INFO_KEY = "central_dp"  # run.json
 def sampled_per_round(scenario: ScenarioConfig) -> int:
     """How many nodes Flower's FedAvg samples each round (its own formula)."""
     fed, strategy = scenario.federation, scenario.strategy
-    min_nodes = max(1, min(strategy.min_train_nodes, fed.num_clients))
+    min_nodes = strategy.min_nodes(fed.num_clients)
     return max(int(fed.num_clients * strategy.fraction_train), min_nodes)
 
 

@@ -13,6 +13,7 @@ The parts every transport shares (:func:`start_run`, :func:`round_config`,
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,13 +40,16 @@ from fedmodel.training.checkpoint import load_weights, save_weights
 from fedmodel.training.trunk import load_global_state, rows_through_trunk
 from server import central_dp, wire
 from server.audit import AuditLog
-from server.recording import RecordingStrategy
+from server.deploy.grid import PromptGrid
+from server.ledger_copies import LedgerCopies, publish_keys
+from server.recording import RecordingStrategy, RoundFailed, SiteRoster
 from server.records import (
     RunRecorder,
     latest_checkpoint,
     load_run_scenario,
     read_metrics,
     utc_now,
+    write_progress,
 )
 from server.sealing import (
     KEYS_DIR,
@@ -65,6 +69,7 @@ DEPLOYMENT = "deployment"  # ServerSettings.engine of a run on real SuperNodes
 REQUEST_SLACK_S = 600.0  # a request expires this long after its round could have timed out
 REPLAY_GUARD_FILE = "replay-guard.json"  # sealed runs: message ids accepted so far
 RowSource = Callable[[int], list[dict[str, Any]]]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,7 +125,16 @@ def run_federation(grid: Grid, settings: ServerSettings) -> Path:
         sealed=scenario.security.sealed_updates,
     )
     traffic.request_ttl = settings.round_timeout + REQUEST_SLACK_S
+    traffic.copies = LedgerCopies(settings.run_dir, state.signers)
     sim_dir = str(settings.sim_nodes_dir) if settings.sim_nodes_dir is not None else None
+    roster = SiteRoster(
+        expected=sorted(state.signers),
+        min_nodes=scenario.strategy.min_nodes(scenario.federation.num_clients),
+        connect_timeout=settings.round_timeout,
+        on_progress=lambda progress: write_progress(settings.run_dir, progress),
+    )
+    if isinstance(grid, PromptGrid):
+        grid.on_wait = roster.waiting_for
     strategy = RecordingStrategy(
         _strategy(scenario, accountant),
         traffic=traffic,
@@ -129,20 +143,26 @@ def run_federation(grid: Grid, settings: ServerSettings) -> Path:
         sim_nodes_dir=sim_dir,
         last_round=scenario.federation.rounds,
         evaluate_last_only=scenario.evaluation.federated_rounds == "last",
+        roster=roster,
     )
     train_config = round_config(state)
     end_of_round = end_of_round_hook(state, strategy.take_rows, strategy.take_evaluation)
     if accountant is not None:
         end_of_round = _recording_central_dp(end_of_round, state, accountant)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=state.initial,
-        num_rounds=scenario.federation.rounds - state.offset,
-        timeout=settings.round_timeout,
-        train_config=ConfigRecord(train_config),
-        evaluate_config=ConfigRecord(train_config),  # sites read the same signed plan
-        evaluate_fn=end_of_round,
-    )
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=state.initial,
+            num_rounds=scenario.federation.rounds - state.offset,
+            timeout=settings.round_timeout,
+            train_config=ConfigRecord(train_config),
+            evaluate_config=ConfigRecord(train_config),  # sites read the same signed plan
+            evaluate_fn=end_of_round,
+        )
+    except RoundFailed as err:
+        return fail_run(state, str(err))
+    if strategy.aggregated_rounds == 0 and scenario.federation.rounds > state.offset:
+        return fail_run(state, f"no site trained in any round (last: {strategy.last_outcome})")
     return finish_run(state, result.arrays if result.arrays is not None else state.initial)
 
 
@@ -230,6 +250,7 @@ def start_run(settings: ServerSettings) -> RunState:
     if settings.sim_nodes_dir is not None:  # the virtual sites pin this run's server keys
         pin_server(settings.sim_nodes_dir, keys.exchange_fingerprint, keys.verify_key_path)
     recorder = _open_records(settings, run_id, offset, initial)
+    publish_keys(settings.run_dir, signers, keys.verify_key_path)
     recorder.update_info(
         evaluation=_evaluation_record(scenario, evaluation), data=_data_record(scenario)
     )
@@ -331,6 +352,16 @@ def round_config(state: RunState) -> dict[str, Any]:
     if assignment and scenario.task is None:  # packaged rows: who trains which, signed
         config[wire.PARTITIONS] = dump_assignment(assignment)
     return config
+
+
+def fail_run(state: RunState, reason: str) -> Path:
+    """A run that trained nothing ends ``failed`` with its reason, and exports no model: an
+    untrained model must never look like a result."""
+    log.error("run failed: %s", reason)
+    state.audit.run_finished(None, status="failed", reason=reason)
+    state.recorder.update_info(failure=reason)
+    state.recorder.finish(model_hash=None, status="failed")
+    return state.settings.run_dir
 
 
 def finish_run(state: RunState, final: ArrayRecord) -> Path:

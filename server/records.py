@@ -34,6 +34,62 @@ CLIENT_COLUMNS = (
 )  # fmt: skip
 
 
+PROGRESS_FILE = "progress.json"
+"""Where a running round is: whom it waits for (the coordinator's terminal reads it live)."""
+
+
+def write_progress(run_dir: Path, progress: dict[str, Any]) -> None:
+    atomic_write_json(Path(run_dir) / PROGRESS_FILE, {**progress, "time": utc_now()})
+
+
+def read_progress(run_dir: Path) -> dict[str, Any] | None:
+    """The latest progress, or ``None`` (no file yet, or one being replaced)."""
+    try:
+        return json.loads((Path(run_dir) / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def round_report(row: dict[str, Any]) -> list[str]:
+    """A round as the coordinator's terminal shows it: the headline, one line per site by name
+    with the reason for anything but ``ok``, and a warning when no site trained."""
+    accuracy = _accuracy(row)
+    shown = "n/a" if accuracy is None else f"{accuracy:.3f}"
+    clients = row.get("clients", [])
+    if row.get("round") == 0:
+        return [f"round 0: accuracy {shown} (initial model)"]
+    ok = [c for c in clients if c.get("status") == "ok"]
+    lines = [f"round {row.get('round')}: accuracy {shown} ({len(ok)} of {len(clients)} sites "
+             "trained)"]  # fmt: skip
+    for c in clients:
+        reason = f": {c['reason']}" if c.get("reason") else ""
+        lines.append(f"  {c.get('node')} {c.get('status')}{reason}")
+    if not ok:
+        lines.append(f"warning: round {row.get('round')}: no site trained")
+    return lines
+
+
+def _accuracy(row: dict[str, Any]) -> float | None:
+    """The server's accuracy where it may evaluate, else the sites' noised federated one."""
+    for source in ("server", "federated"):
+        value = (row.get(source) or {}).get("accuracy")
+        if value is not None:
+            return float(value)
+    return None
+
+
+def progress_line(progress: dict[str, Any]) -> str | None:
+    """``round 3: waiting for hospital-c (connecting)``, or ``None`` if nobody is awaited."""
+    sites = ", ".join(progress.get("sites") or [])
+    if not sites:
+        return None
+    phase = progress.get("phase")
+    if phase == "without":
+        return f"round {progress.get('round')}: goes on without {sites} (round timeout)"
+    what = "to connect" if phase == "connecting" else "to answer"
+    return f"round {progress.get('round')}: waiting for {sites} {what}"
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 

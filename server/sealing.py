@@ -31,7 +31,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedmodel.config import ConfigError
 from fedmodel.crypto import keys as keyfiles
-from fedmodel.crypto.chain import ChainEntry, ChainError, verify_entry
+from fedmodel.crypto.chain import ChainEntry, ChainError, ChainHead, verify_entry
 from fedmodel.crypto.keys import (
     KeyFileError,
     fingerprint,
@@ -53,6 +53,7 @@ from fedmodel.crypto.seal import (
 from fedmodel.io import atomic_write_json
 from fedmodel.node_config import NODE_FILE, load_node_config
 from server import wire
+from server.ledger_copies import LedgerCopies
 
 KEYS_DIR = "server-keys"
 EXCHANGE_FILE = "server.x25519"
@@ -173,6 +174,7 @@ class SignedTraffic:
     heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # signer -> last ledger head
     request_ttl: float = 3600.0  # seconds a request stays answerable (the round timeout + slack)
     answered: dict[tuple[int, str], set[str]] = field(default_factory=dict)  # (round, task)
+    copies: LedgerCopies | None = None  # where each reply's ledger entries go (the run folder)
 
     @classmethod
     def for_run(
@@ -259,7 +261,20 @@ class SignedTraffic:
         head = self._head_of(dst)
         if head is not None:
             signed[wire.EXPECTED_HEAD] = head
+        held = self._held_of(dst)
+        if held is not None:
+            signed[wire.LEDGER_HELD] = held
         return signed
+
+    def _held_of(self, dst: int) -> dict[str, Any] | None:
+        """The head of the ledger copy held for the node at Flower id ``dst``: the node answers
+        with the entries after it (all of them while the server does not know who ``dst`` is)."""
+        if self.copies is None:
+            return None
+        for signer, node_id in self.senders.items():
+            if node_id == dst:
+                return self.copies.held(signer).as_dict()
+        return None
 
     def _head_of(self, dst: int) -> dict[str, Any] | None:
         """The ledger head the node at Flower id ``dst`` last reported in this run, if any."""
@@ -299,9 +314,17 @@ class SignedTraffic:
             )
         count = plain[wire.METRICS].get("ledger-count")
         head = plain[wire.NODE].get("ledger-hash")
+        suffix = wire.take_ledger_suffix(plain)
         if isinstance(count, int) and isinstance(head, str):
+            self._copy(opened.node_id, suffix, ChainHead(head, count))
             self.heads[opened.node_id] = {"hash": head, "count": count}
         return OpenedReply(plain, opened.node_id, opened.message_id)
+
+    def _copy(self, node: str, suffix: bytes | None, reported: ChainHead) -> None:
+        """Extend the run folder's copy of the node's ledger; raises ``SealError``
+        (``ledger-history``) for entries that do not extend it."""
+        if self.copies is not None:
+            self.copies.extend(node, suffix, reported)
 
     def _bind(self, signer: str, src_node_id: int, rnd: int, task: str = "train") -> None:
         """One Flower node per signer for the whole run; one accepted reply per signer per round
@@ -346,7 +369,14 @@ class SignedTraffic:
         if not _refusal_matches(record, entry):
             raise SealError("tampered", "refusal differs from the node's signed ledger entry")
         self._bind(node, msg.metadata.src_node_id, rnd, task)
-        self.heads[node] = {"hash": entry.hash, "count": entry.seq + 1}
+        suffix = record.get(wire.LEDGER_SUFFIX)
+        self._copy(node, suffix if isinstance(suffix, bytes) else None, head_after(entry))
+        self.heads[node] = head_after(entry).as_dict()
+
+
+def head_after(entry: ChainEntry) -> ChainHead:
+    """The chain's head once ``entry`` is its last."""
+    return ChainHead(entry.hash, entry.seq + 1)
 
 
 def _refusal_matches(record: ConfigRecord, entry: ChainEntry) -> bool:

@@ -98,7 +98,7 @@ class SecAggRecordingStrategy(LegacyFedAvg):
 
     def __init__(self, state: RunState, traffic: SignedTraffic) -> None:
         scenario = state.settings.scenario
-        nodes = max(2, min(scenario.strategy.min_train_nodes, scenario.federation.num_clients))
+        nodes = max(2, scenario.strategy.min_nodes(scenario.federation.num_clients))
         super().__init__(
             fraction_fit=scenario.strategy.fraction_train,
             fraction_evaluate=0.0,

@@ -28,7 +28,7 @@ def build_strategy(
     ``weighted_by_key`` replaces FedAvg's ``num-examples`` weighting (every site weighs once;
     ``server.wire.weigh_uniformly``).
     """
-    min_nodes = max(1, min(cfg.min_train_nodes, num_clients))
+    min_nodes = cfg.min_nodes(num_clients)
     common: dict = {
         "fraction_train": cfg.fraction_train,
         "fraction_evaluate": 1.0 if federated_evaluation else 0.0,

@@ -12,9 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord
 
+from fedmodel.privacy.ledger_copy import MAX_SUFFIX_BYTES
+
 AUTO_NORM_FACTOR = 10.0
 AUTO_NORM_MIN_REPLIES = 3
-ENVELOPE_SLACK = 128 * 1024  # envelope header, ids, metrics record (bounded by the wire too)
+# envelope header, ids, metrics record and the ledger entries (each bounded by the wire too)
+ENVELOPE_SLACK = 128 * 1024 + MAX_SUFFIX_BYTES
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,11 @@ Client -> server: one of
 * ``refusal``: the node's policy or budget said no; nothing was trained. It carries the node's
   signed ledger line for the refusal.
 
+Both carry the node's signed ledger entries appended since the head the server named in the
+request (``ledger-held``; all of them when it named none), as stored and never re-signed
+(:mod:`fedmodel.privacy.ledger_copy`): inside the update's payload (signed, sealed when the run
+seals), beside the refusal's own line in a refusal.
+
 Metrics a node sends by default are accounting parameters only (noise multiplier, sample rate,
 steps, clipping norm, epsilon, delta, ledger count). Training loss, accuracy and the example count
 leave a site only when its policy opts in, noised and charged to its ledger.
@@ -30,6 +35,8 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedmodel.privacy.ledger_copy import MAX_SUFFIX_BYTES as MAX_LEDGER_SUFFIX
 
 if TYPE_CHECKING:
     import torch
@@ -49,6 +56,7 @@ NOT_AFTER = "not-after"  # unix seconds: a request is not answered after this (n
 PARTITIONS = "partitions"  # JSON {node name: [partition, of]}: who trains which packaged rows
 EXPECTED_HEAD = "ledger-head"  # the head the server last recorded for the node, in this run
 UNVERIFIED_RUN = "unverified"  # run id of a refusal of a request a node could not verify
+LEDGER_HELD = "ledger-held"  # the head of the node's ledger copy the server holds in this run
 
 # record names (server -> client)
 CONFIG = "config"
@@ -63,12 +71,14 @@ REFUSAL = "refusal"
 UPDATE = "update"
 ENVELOPE = "envelope"
 LEDGER_ENTRY = "ledger-entry"  # in a refusal: the node's signed ledger line for it
+LEDGER_SUFFIX = "ledger-suffix"  # the node's signed ledger entries since the held head
 UNIT_WEIGHT = "unit-weight"  # what FedAvg weighs by: 1 for every accepted site (set by the server)
 MAX_REPLY_META = 64 * 1024  # bytes of metrics + node record inside an update payload
 
 # the tensor that carries metrics and node record inside a sealed payload; a dunder name cannot
 # collide with a module's parameter names
 REPLY_TENSOR = "__fedmodel_reply__"
+LEDGER_TENSOR = "__fedmodel_ledger__"  # the ledger suffix inside a payload (same reason)
 
 METRIC_KEYS = (
     "num-examples", "partition-id", "train-loss", "train-accuracy", "epsilon", "epsilon-rdp",
@@ -85,23 +95,22 @@ def refusal_record(
     ledger_hash: str,
     ledger_count: int,
     ledger_entry: str,
+    ledger_suffix: bytes = b"",
 ) -> RecordDict:
     """A refusal carries the node's signed ledger entry for it, so a run that authenticates its
-    nodes (sealed updates) can tell a node's refusal from one a relay made up."""
-    return RecordDict(
-        {
-            REFUSAL: ConfigRecord(
-                {
-                    "node": node,
-                    "reason": reason,
-                    "projected-epsilon": float(projected_epsilon),
-                    "ledger-hash": ledger_hash,
-                    "ledger-count": int(ledger_count),
-                    LEDGER_ENTRY: ledger_entry,
-                }
-            )
-        }
-    )
+    nodes (sealed updates) can tell a node's refusal from one a relay made up, and the entries
+    before it the server does not hold yet (``ledger_suffix``; none for an unverified request)."""
+    values: dict[str, Any] = {
+        "node": node,
+        "reason": reason,
+        "projected-epsilon": float(projected_epsilon),
+        "ledger-hash": ledger_hash,
+        "ledger-count": int(ledger_count),
+        LEDGER_ENTRY: ledger_entry,
+    }
+    if ledger_suffix:
+        values[LEDGER_SUFFIX] = ledger_suffix
+    return RecordDict({REFUSAL: ConfigRecord(values)})
 
 
 def update_record(
@@ -133,8 +142,10 @@ def update_payload(
     state_dict: Mapping[str, torch.Tensor],
     metrics: Mapping[str, int | float],
     node: Mapping[str, str],
+    ledger: bytes = b"",
 ) -> bytes:
-    """The bytes a node seals: its tensors plus a uint8 tensor holding metrics and node record.
+    """The bytes a node seals: its tensors plus uint8 tensors holding metrics and node record,
+    and its ledger suffix (``ledger``, :class:`fedmodel.privacy.ledger_copy.LedgerSuffix`).
 
     One safetensors buffer, written by :func:`fedmodel.crypto.seal.state_dict_to_bytes`, so the
     update is serialised once and nothing in it can run code when loaded.
@@ -144,8 +155,10 @@ def update_payload(
     from fedmodel.crypto.seal import state_dict_to_bytes
 
     meta = json.dumps({METRICS: dict(metrics), NODE: dict(node)}, sort_keys=True).encode()
-    reply = torch.tensor(list(meta), dtype=torch.uint8)
-    return state_dict_to_bytes({**state_dict, REPLY_TENSOR: reply})
+    extra = {REPLY_TENSOR: torch.frombuffer(bytearray(meta), dtype=torch.uint8)}
+    if ledger:
+        extra[LEDGER_TENSOR] = torch.frombuffer(bytearray(ledger), dtype=torch.uint8)
+    return state_dict_to_bytes({**state_dict, **extra})
 
 
 def update_from_payload(payload: bytes) -> RecordDict:
@@ -153,6 +166,9 @@ def update_from_payload(payload: bytes) -> RecordDict:
     from fedmodel.crypto.seal import SealError, state_dict_from_bytes
 
     tensors = state_dict_from_bytes(payload)
+    ledger = tensors.pop(LEDGER_TENSOR, None)
+    if ledger is not None and (ledger.dim() != 1 or ledger.numel() > MAX_LEDGER_SUFFIX):
+        raise SealError("malformed", "update payload's ledger entries are not a bounded record")
     reply = tensors.pop(REPLY_TENSOR, None)
     if reply is None or reply.dim() != 1 or reply.numel() > MAX_REPLY_META:
         raise SealError("malformed", "update payload lacks a bounded metrics and node record")
@@ -169,7 +185,21 @@ def update_from_payload(payload: bytes) -> RecordDict:
         node = {str(k): str(v) for k, v in meta[NODE].items()}
     except (TypeError, KeyError, ValueError, UnicodeDecodeError, AttributeError):
         raise SealError("malformed", "update payload lacks its metrics and node record") from None
-    return update_record(ArrayRecord(tensors), metrics, node)
+    record = update_record(ArrayRecord(tensors), metrics, node)
+    if ledger is not None:
+        record[LEDGER_SUFFIX] = ConfigRecord({LEDGER_SUFFIX: ledger.numpy().tobytes()})
+    return record
+
+
+def take_ledger_suffix(content: RecordDict) -> bytes | None:
+    """Remove and return the ledger suffix an opened update carries: the strategies that
+    aggregate the reply never see it."""
+    record = content.config_records.get(LEDGER_SUFFIX)
+    if record is None:
+        return None
+    del content[LEDGER_SUFFIX]
+    value = record.get(LEDGER_SUFFIX)
+    return value if isinstance(value, bytes) else None
 
 
 def client_row(content: RecordDict) -> dict[str, Any]:

@@ -9,9 +9,12 @@ Process tree (all stopped by PID; children die with the supervisor)::
 The SuperNode never starts a ClientApp itself (``--isolation process``): every task goes
 through the launcher, which runs only this site's installed fedmodel ClientApp
 (``clients/daemon/code_gate.py``), warm or not. The supervisor exits when either child does,
-so systemd's ``Restart=on-failure`` brings the whole node back; a node the SuperLink keeps
-refusing for longer than a crashed instance can hold its place (unregistered key) exits with
-status 3, which the unit file excludes from restarts, because retrying cannot fix it.
+so systemd's ``Restart=on-failure`` brings the whole node back. A refused activation exits with
+status 3, which the unit file excludes from restarts, because retrying cannot fix it: at once
+when this SuperLink has never accepted the node's key (``link.json``: an unregistered key),
+after ``activation_grace`` seconds when it has (a crashed instance of this node may still count
+as online there, and Flower refuses both alike). Either way the message names the command the
+coordinator runs to register the node.
 """
 
 from __future__ import annotations
@@ -27,20 +30,21 @@ from pathlib import Path
 from typing import NoReturn
 
 from clients.daemon.checks import check_budget, check_port_free, load_deployed_node
+from clients.daemon.link import Link, LinkWatch
+from fedmodel.crypto.keys import public_path
 from fedmodel.errors import FedmodelError
 from fedmodel.node_config import NodeConfig, NodeDeployment
 from server.deploy.flower import flower_bin, flower_env
+from server.deploy.pidfile import claim_pid_file, record, release_pid_file, update_pid_file
 from server.deploy.processes import (
     Child,
     ServiceError,
     close_log,
     flower_exit,
     install_stop_handlers,
-    read_pid_file,
     rotating_log,
     stop_all,
     supervise,
-    write_pid_file,
 )
 
 PID_FILE = "node.pid"
@@ -50,6 +54,7 @@ LAUNCHER_POLL = 0.1  # loopback AcquireTask calls to this node's own SuperNode (
 REFUSED_EXIT = 3
 ACTIVATION_FAILED = "Failed to activate SuperNode"
 RETRY_DELAY = 5.0
+REGISTER = "fedmodel server register-node --config server.toml --name {name}"
 
 
 class NodeRefused(FedmodelError):
@@ -59,12 +64,30 @@ class NodeRefused(FedmodelError):
 
 
 def run_node(config: str | Path, say: Callable[[str], None]) -> None:
-    """Start, supervise until SIGTERM/SIGINT or a child exits, stop everything."""
+    """Claim the pid file, start, supervise until SIGTERM/SIGINT or a child exits, stop all."""
     node, dep, source = load_deployed_node(config)
     check_budget(node, source)
-    check_port_free(dep, source)
-    _refuse_second_instance(dep)
-    state = _prepare_state(dep)
+    dep.state_dir.mkdir(parents=True, exist_ok=True)
+    dep.state_dir.chmod(0o700)
+    pid_file = dep.state_dir / PID_FILE
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    info = {"node": node.name, "superlink": dep.superlink, "started": started}
+    claim_pid_file(pid_file, info, f"node {node.name}")
+    try:
+        check_port_free(dep, source)  # after the claim: our own running node is named as such
+        _serve(node, dep, source, say, info)
+    finally:
+        release_pid_file(pid_file)
+
+
+def _serve(
+    node: NodeConfig,
+    dep: NodeDeployment,
+    source: Path,
+    say: Callable[[str], None],
+    info: dict[str, object],
+) -> None:
+    state = _write_secret(dep)
     log = rotating_log(dep.log_file, max_bytes=dep.log_max_bytes, backups=dep.log_backups,
                        name=node.name)  # fmt: skip
 
@@ -75,22 +98,27 @@ def run_node(config: str | Path, say: Callable[[str], None]) -> None:
     stop = threading.Event()
     install_stop_handlers(stop)
     env = flower_env(state / "flwr-home", {"PYTHONUNBUFFERED": "1"})
+    watch = LinkWatch(dep)
+    children: list[Child] = []
 
     def supernode() -> Child:
-        return Child("supernode", supernode_argv(node, dep, source, state), env=env, log=log)
+        child = Child("supernode", supernode_argv(node, dep, source, state), env=env, log=log,
+                      on_line=watch.line)  # fmt: skip
+        if children:  # a restart after a refusal: the pid file names the new one
+            update_pid_file(state / PID_FILE, _with_children(info, [child, *children[1:]]))
+        return child
 
-    children: list[Child] = []
     try:
         children.append(supernode())
         children.append(Child("launcher", launcher_argv(dep, state), env=env, log=log))
-        write_pid_file(state / PID_FILE, _pid_info(node, dep, children))
+        update_pid_file(state / PID_FILE, _with_children(info, children))
         tell(f"node {node.name} started: SuperLink {dep.superlink}, log {dep.log_file}")
-        _supervise(children, stop, supernode, tell, dep.activation_grace,
-                   lambda c: _explain_exit(c, node, dep))  # fmt: skip
+        _supervise(children, stop, supernode, tell, dep.activation_grace, watch,
+                   lambda c: _explain_exit(c, node, dep, watch.accepted_before))  # fmt: skip
         tell("stopping")
     finally:
         stop_all(children)
-        (state / PID_FILE).unlink(missing_ok=True)
+        watch.stopped()
         close_log(log)
 
 
@@ -100,19 +128,24 @@ def _supervise(
     supernode: Callable[[], Child],
     tell: Callable[[str], None],
     grace: float,
+    watch: LinkWatch,
     fail: Callable[[Child], NoReturn],
 ) -> None:
-    """Until stopped; a refused activation is retried for ``grace`` seconds, because the
-    SuperLink counts a crashed instance of this node as online until two heartbeats (2 x 30 s)
-    are missed, and refuses a second activation exactly as it refuses an unregistered key."""
+    """Until stopped. A refused activation ends the node at once if this SuperLink never
+    accepted its key (unregistered: retrying cannot help); if it did, the refusal is retried
+    for ``grace`` seconds, because the SuperLink counts a crashed instance of this node as
+    online until two heartbeats (2 x 30 s) are missed, and refuses a second activation exactly
+    as it refuses an unregistered key."""
     refused_since: float | None = None
     while (exited := supervise(children, stop)) is not None:
         if exited is not children[0] or not exited.saw(ACTIVATION_FAILED):
             fail(exited)
+        accepted = watch.accepted_before
         refused_since = refused_since or time.monotonic()
-        if time.monotonic() - refused_since >= grace:
+        if accepted is None or time.monotonic() - refused_since >= grace:
             fail(exited)
-        tell(f"SuperLink refused activation; retrying in {RETRY_DELAY:.0f}s (a crashed "
+        tell(f"SuperLink refused activation; retrying in {RETRY_DELAY:.0f}s (it accepted this "
+             f"key before, as node id {accepted.node_id} at {accepted.accepted}: a crashed "
              "instance of this node may still count as online there)")  # fmt: skip
         if stop.wait(RETRY_DELAY):
             return
@@ -144,11 +177,9 @@ def launcher_argv(dep: NodeDeployment, state: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _prepare_state(dep: NodeDeployment) -> Path:
-    """State folder (0700) and a fresh SuperExec secret: only our launcher may take tasks."""
+def _write_secret(dep: NodeDeployment) -> Path:
+    """A fresh SuperExec secret in the (0700) state folder: only our launcher may take tasks."""
     state = dep.state_dir
-    state.mkdir(parents=True, exist_ok=True)
-    state.chmod(0o700)
     secret = state / SECRET_FILE
     secret.unlink(missing_ok=True)
     fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -157,30 +188,34 @@ def _prepare_state(dep: NodeDeployment) -> Path:
     return state
 
 
-def _refuse_second_instance(dep: NodeDeployment) -> None:
-    running = read_pid_file(dep.state_dir / PID_FILE)
-    if running is not None:
-        raise ServiceError(f"{dep.state_dir}: this node is already running (pid {running['pid']})")
+def _with_children(info: dict[str, object], children: list[Child]) -> dict[str, object]:
+    """The pid file's record with each child's PID and identity (``node stop`` kills leftovers)."""
+    return {**info, "children": {c.name: record(c.pid) for c in children}}
 
 
-def _pid_info(node: NodeConfig, dep: NodeDeployment, children: list[Child]) -> dict[str, object]:
-    return {
-        "node": node.name,
-        "superlink": dep.superlink,
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "children": {c.name: c.pid for c in children},
-    }
-
-
-def _explain_exit(child: Child, node: NodeConfig, dep: NodeDeployment) -> NoReturn:
+def _explain_exit(
+    child: Child, node: NodeConfig, dep: NodeDeployment, accepted: Link | None
+) -> NoReturn:
     """A child ended on its own: say why in one line, and pick the exit status."""
     child.stop()
     if child.saw(ACTIVATION_FAILED):
-        key = f"{dep.auth_key}.pub" if dep.auth_key else "its auth public key"
-        raise NodeRefused(
-            f"{node.name}: the SuperLink at {dep.superlink} refused this node "
-            f"({flower_exit(child, ACTIVATION_FAILED)}; retried {dep.activation_grace:.0f}s); "
-            f"ask the coordinator to register {key}"
-        )
+        raise NodeRefused(_refusal(node, dep, flower_exit(child, ACTIVATION_FAILED), accepted))
     why = flower_exit(child) or f"exit status {child.proc.returncode}"
     raise ServiceError(f"{node.name}: {child.name} stopped ({why}); see {dep.log_file}")
+
+
+def _refusal(
+    node: NodeConfig, dep: NodeDeployment, flower: str | None, accepted: Link | None
+) -> str:
+    """One line: what the SuperLink did, and what the coordinator runs to let this node in."""
+    key = public_path(dep.auth_key) if dep.auth_key else "this node's auth public key"
+    said = flower or ACTIVATION_FAILED
+    if accepted is None:
+        what = f"refused this node: it has never accepted its auth key ({said})"
+    else:
+        what = (f"refused this node for {dep.activation_grace:.0f}s ({said}) although it accepted "
+                f"its key before (node id {accepted.node_id}, {accepted.accepted}); the key may "
+                "have been unregistered")  # fmt: skip
+    return (f"{node.name}: the SuperLink at {dep.superlink} {what}. Send {key} to the "
+            f'coordinator, who adds it to server.toml as a [[nodes]] entry named "{node.name}" '
+            f"and runs: {REGISTER.format(name=node.name)}")  # fmt: skip

@@ -1,9 +1,17 @@
 """``fedmodel node status``: is this node up and connected, what did it last do, what is left.
 
 Everything comes from the node's own disk, so it works with the SuperLink down: the pid file
-(is the supervisor alive), the log (did the SuperNode get a node id from the SuperLink, and did
-anything fail after that), and the ledger (last round, epsilon spent under the node's own cap,
-verified with the node's own public key before any number is believed).
+(is the supervisor alive, and is it really ours), ``link.json`` (what the running SuperNode last
+heard from the SuperLink, and whether that SuperLink ever accepted this key; kept by the
+supervisor, ``clients/daemon/link.py``), the log's last lines, and the ledger (last round,
+epsilon spent under the node's own cap, verified with the node's own public key before any
+number is believed).
+
+``link`` is one of: ``connected``; ``server-unreachable`` (running, its last attempt to reach
+the SuperLink failed; Flower keeps retrying); ``starting``; ``refused-retrying`` (refused,
+though accepted before: a crashed instance may still hold its place); ``registered-offline``
+(not running, and this SuperLink has accepted its key); ``never-registered`` (the SuperLink
+refused the key and never accepted it); ``not-running`` (never connected, nothing known).
 """
 
 from __future__ import annotations
@@ -13,17 +21,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clients.daemon import link as lk
 from clients.daemon.checks import load_deployed_node
-from clients.daemon.service import PID_FILE
+from clients.daemon.service import PID_FILE, REGISTER
 from fedmodel.crypto.keys import public_path
 from fedmodel.node_config import NodeConfig
 from fedmodel.privacy.budget import cumulative_epsilon
 from fedmodel.privacy.ledger import LEDGER_FILE, LedgerEntry, verify_ledger
-from server.deploy.processes import read_pid_file
+from server.deploy.pidfile import read_pid_file
 
-CONNECTED = "SuperNode ID:"
-STARTING = "Starting Flower SuperNode"
-TROUBLE = ("Exit Code:", "Connection attempt failed", "unavailable", "Giving up")
 TAIL = 5
 
 
@@ -34,6 +40,7 @@ class NodeStatus:
     running: bool
     pid: int | None
     connected: bool
+    link: str
     connection: str
     last_round: dict[str, Any] | None
     ledger_entries: int
@@ -52,8 +59,8 @@ class NodeStatus:
 def node_status(config: str | Path) -> NodeStatus:
     node, dep, _ = load_deployed_node(config)
     running = read_pid_file(dep.state_dir / PID_FILE)
-    lines = _log_tail(dep.log_file, 400)
-    connected, connection = _connection(lines, running is not None)
+    lines = _log_tail(dep.log_file, TAIL)
+    link, connection = _connection(lk.read_link(dep), running is not None, node.name)
     entries, problem = _ledger_entries(node)
     spent, delta = _spent(node, entries)
     cap = node.budget.epsilon if node.budget else None
@@ -62,7 +69,8 @@ def node_status(config: str | Path) -> NodeStatus:
         superlink=dep.superlink,
         running=running is not None,
         pid=int(running["pid"]) if running else None,
-        connected=connected,
+        connected=link == "connected",
+        link=link,
         connection=connection,
         last_round=_last(entries),
         ledger_entries=len(entries),
@@ -72,24 +80,35 @@ def node_status(config: str | Path) -> NodeStatus:
         epsilon_left=None if cap is None else max(0.0, cap - spent),
         delta=delta,
         log_file=str(dep.log_file),
-        log_tail=lines[-TAIL:],
+        log_tail=lines,
     )
 
 
-def _connection(lines: list[str], running: bool) -> tuple[bool, str]:
-    """From the last SuperNode start in the log: registered with the SuperLink, and no trouble."""
+def _connection(link: lk.Link, running: bool, name: str) -> tuple[str, str]:
+    """``(link, one line)`` from the supervisor's record and whether it is alive now."""
+    known = f"SuperNode id {link.node_id}, accepted {link.accepted}" if link.accepted else ""
+    if link.state == lk.STATE_REFUSED and not link.accepted:
+        return "never-registered", (
+            f"never registered: the SuperLink refused this node's key ({link.since}); the "
+            f"coordinator runs: {REGISTER.format(name=name)}"
+        )
     if not running:
-        return False, "not running"
-    start = max((i for i, li in enumerate(lines) if STARTING in li), default=-1)
-    since = lines[start + 1 :] if start >= 0 else lines
-    ids = [i for i, li in enumerate(since) if CONNECTED in li]
-    if not ids:
-        return False, "starting (no node id from the SuperLink yet)"
-    trouble = [li for li in since[ids[-1] :] if any(t in li for t in TROUBLE)]
-    if trouble:
-        return False, f"connection trouble: {trouble[-1].strip()}"
-    node_id = since[ids[-1]].split(CONNECTED, 1)[1].strip()
-    return True, f"connected (SuperNode id {node_id})"
+        if link.accepted:
+            return "registered-offline", f"registered, offline: node not running ({known})"
+        return "not-running", "not running (never connected to this SuperLink)"
+    if link.state == lk.STATE_CONNECTED:
+        return "connected", f"connected (SuperNode id {link.node_id}, since {link.since})"
+    if link.state == lk.STATE_UNREACHABLE:
+        last = f"; last connected as {known}" if known else ""
+        return "server-unreachable", (
+            f"server unreachable since {link.since} ({link.detail}); retrying{last}"
+        )
+    if link.state == lk.STATE_REFUSED:
+        return "refused-retrying", (
+            f"refused by the SuperLink since {link.since}, retrying: a crashed instance may "
+            f"still count as online there ({known})"
+        )
+    return "starting", "starting (no node id from the SuperLink yet)"
 
 
 def _ledger_entries(node: NodeConfig) -> tuple[list[LedgerEntry], str | None]:

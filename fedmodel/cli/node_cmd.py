@@ -37,14 +37,20 @@ def start(config: ConfigOpt) -> None:
 
 @app.command()
 @cli_errors
-def stop(config: ConfigOpt) -> None:
-    """Stop the node that `fedmodel node start` runs for this config (by its pid)."""
+def stop(
+    config: ConfigOpt,
+    timeout: Annotated[float, typer.Option(help="s to wait for a clean exit before SIGKILL")] = 30,
+) -> None:
+    """Stop the node that `fedmodel node start` runs for this config (by its pid file).
+
+    Its ledger, keys and state stay as they are. A task in progress is aborted as Flower aborts
+    one; the ledger is appended one durable line per entry, so it keeps what was written."""
     from clients.daemon.checks import load_deployed_node
     from clients.daemon.service import PID_FILE
-    from server.deploy.processes import stop_supervisor
+    from server.deploy.pidfile import stop_service
 
-    _, dep, _ = load_deployed_node(config)
-    stop_supervisor(dep.state_dir / PID_FILE, "node", typer.echo)
+    node, dep, _ = load_deployed_node(config)
+    stop_service(dep.state_dir / PID_FILE, f"node {node.name}", typer.echo, timeout)
 
 
 @app.command()

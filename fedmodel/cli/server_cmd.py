@@ -38,12 +38,28 @@ def start(config: ConfigOpt) -> None:
 
 @app.command()
 @cli_errors
-def stop(config: ConfigOpt) -> None:
-    """Stop the SuperLink that `fedmodel server start` runs for this config (by its pid)."""
+def stop(
+    config: ConfigOpt,
+    timeout: Annotated[float, typer.Option(help="s to wait for a clean exit before SIGKILL")] = 30,
+) -> None:
+    """Stop the SuperLink that `fedmodel server start` runs for this config (by its pid file)."""
     from server.deploy.config import load_server_config
-    from server.deploy.processes import stop_supervisor
+    from server.deploy.pidfile import stop_service
 
-    stop_supervisor(load_server_config(config).pid_file, "SuperLink", typer.echo)
+    stop_service(load_server_config(config).pid_file, "the SuperLink", typer.echo, timeout)
+
+
+@app.command("register-node")
+@cli_errors
+def register_node(
+    config: ConfigOpt,
+    name: Annotated[str, typer.Option(help="the [[nodes]] entry whose auth key to register")],
+) -> None:
+    """Register one [[nodes]] entry's auth key on the running SuperLink (no restart needed)."""
+    from server.deploy.config import load_server_config
+    from server.deploy.superlink import register_node as register
+
+    typer.echo(register(load_server_config(config), config.absolute(), name))
 
 
 @app.command()
@@ -65,15 +81,15 @@ def run(
 
     cfg = load_server_config(config)
     request = RunRequest(scenario=scenario, rounds=rounds, run_dir=out, min_nodes=min_nodes)
-    run_dir = submit_run(cfg, request, _print_round)
+    run_dir = submit_run(cfg, request, _print_round, typer.echo)
     typer.echo(f"run folder: {run_dir}")
 
 
 def _print_round(row: dict[str, Any]) -> None:
-    acc = row.get("server", {}).get("accuracy", float("nan"))
-    clients = row.get("clients", [])
-    status = ", ".join(f"{c.get('node')} {c.get('status')}" for c in clients) or "initial model"
-    typer.echo(f"round {row.get('round')}: accuracy {acc:.3f} ({status})")
+    from server.records import round_report
+
+    for line in round_report(row):
+        typer.echo(line)
 
 
 def _say(text: str) -> None:

@@ -72,6 +72,8 @@ def simulate(
             progress.update(
                 task, completed=rnd, description=f"round {rnd}/{total} acc {acc:.3f} eps<={eps:.2f}"
             )
+            for line in site_problems({"round": rnd, **outcome}):  # live, by site, with reasons
+                progress.console.print(line, markup=False, highlight=False)
 
         settings.on_round = on_round
         run_dir = run(settings, verbose=verbose)
@@ -79,6 +81,16 @@ def simulate(
     for line in idle_round_warnings(run_dir):
         console.print(f"[yellow]warning:[/yellow] {line}")
     console.print(f"run folder: [bold]{run_dir}[/bold]")
+
+
+def site_problems(row: dict[str, Any]) -> list[str]:
+    """The lines of :func:`server.records.round_report` worth showing during a simulation: a
+    site that did not train, with its reason, and a round in which none did."""
+    from server.records import round_report
+
+    lines = round_report(row)[1:]
+    return [f"round {row['round']}: {li.strip()}" if li.startswith("  ") else li
+            for li in lines if not li.endswith(" ok")]  # fmt: skip
 
 
 def idle_round_warnings(run_dir: Path) -> list[str]:

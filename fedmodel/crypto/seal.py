@@ -59,6 +59,7 @@ SealReason = Literal[
     "tampered",
     "wrong-recipient",
     "malformed",
+    "ledger-history",  # the ledger entries a reply carries do not extend the server's copy
 ]
 
 # Domain-separation labels: the node's Ed25519 key may also sign ledger entries, so a signature

@@ -28,7 +28,7 @@ IDENTIFIERS: Mapping[str, frozenset[str]] = MappingProxyType(
         # The raw Statlog table has no identifier column (declared empty on purpose).
         "german-credit": frozenset(),
         # fnlwgt is a census sampling weight, not an identifier; the loader leaves it out of the
-        # features instead (see credit.ADULT_SPEC).
+        # features instead (see credit.adult_task).
         "adult": frozenset(),
         "digits": frozenset(),
         "breast-cancer": frozenset(),

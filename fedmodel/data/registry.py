@@ -22,13 +22,9 @@ from fedmodel.data.credit import load_adult_data, load_german_data
 from fedmodel.data.errors import DataError
 from fedmodel.data.heart import load_heart_data
 from fedmodel.data.mnist import MNIST_CLASSES, load_mnist_arrays
-from fedmodel.data.preprocess import (
-    ShiftAugmented,
-    normalise_images,
-    normalised_background,
-    preprocess_tabular,
-)
+from fedmodel.data.preprocess import ShiftAugmented, normalise_images, normalised_background
 from fedmodel.data.rotten_tomatoes import RT_CLASSES, load_rotten_tomatoes
+from fedmodel.data.site import encode_frame, impute_per_site
 from fedmodel.data.small import load_breast_cancer_data, load_digits_data
 from fedmodel.data.split import holdout_and_limit, limit_pair
 from fedmodel.data.tables import LABEL, SITE, TabularData
@@ -164,36 +160,42 @@ def _groups(frame: pd.DataFrame, data: TabularData) -> np.ndarray | None:
     return frame[SITE].to_numpy(dtype=np.int64) if data.group_names else None
 
 
-def _train_test_frames(data: TabularData, cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Natural test set or a held-out share (per site), then the seeded limits."""
+def _train_test_rows(data: TabularData, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``data.train`` and of the test table (``data.test``, or ``data.train`` again
+    for a held-out share per site), after the seeded limits."""
+    labels = data.train[LABEL].to_numpy()
     if data.test is None:
-        labels = data.train[LABEL].to_numpy()
-        train_rows, test_rows = holdout_and_limit(cfg, labels, _groups(data.train, data))
-        return data.train.iloc[train_rows], data.train.iloc[test_rows]
-    keep_train, keep_test = limit_pair(
-        cfg,
-        data.train[LABEL].to_numpy(),
-        data.test[LABEL].to_numpy(),
-        _groups(data.train, data),
+        return holdout_and_limit(cfg, labels, _groups(data.train, data))
+    return limit_pair(
+        cfg, labels, data.test[LABEL].to_numpy(), _groups(data.train, data),
         _groups(data.test, data),
-    )
-    return data.train.iloc[keep_train], data.test.iloc[keep_test]
+    )  # fmt: skip
 
 
 def _tabular_splits(name: str, data: TabularData, cfg: DataConfig) -> DatasetSplits:
-    train, test = _train_test_frames(data, cfg)
+    """Encoded by the dataset's declared task, through the encoder a site's own file goes
+    through (``site.encode_frame``); only site-median columns are fitted, per site."""
+    train_rows, test_rows = _train_test_rows(data, cfg)
+    test_frame = data.train if data.test is None else data.test
+    train, test = data.train.iloc[train_rows], test_frame.iloc[test_rows]
+    x_all = encode_frame(data.task, data.train, data.source)
+    x_train = x_all[train_rows]
+    if data.test is None:
+        x_test = x_all[test_rows]
+    else:
+        x_test = encode_frame(data.task, data.test, data.test_source or data.source)[test_rows]
     train_groups, test_groups = _groups(train, data), _groups(test, data)
-    features = preprocess_tabular(data.spec, train, test, train_groups, test_groups)
+    impute_per_site(data.task, x_train, x_test, train_groups, test_groups)
     y_train, y_test = _labels(train[LABEL].to_numpy()), _labels(test[LABEL].to_numpy())
     return DatasetSplits(
         name=name,
         task="tabular",
         num_classes=len(data.class_names),
-        train=TensorDataset(torch.from_numpy(features.x_train), y_train),
-        test=TensorDataset(torch.from_numpy(features.x_test), y_test),
+        train=TensorDataset(torch.from_numpy(x_train), y_train),
+        test=TensorDataset(torch.from_numpy(x_test), y_test),
         train_groups=train_groups,
         test_groups=test_groups,
         group_names=list(data.group_names),
-        input_shape=(features.x_train.shape[1],),
+        input_shape=(x_train.shape[1],),
         class_names=list(data.class_names),
     )

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from fedmodel.data.errors import SiteDataError
+from fedmodel.data.errors import DataError, SiteDataError
 from fedmodel.data.split import holdout_split
 from fedmodel.task import (
     FALSE_TOKENS,
@@ -359,6 +360,19 @@ def encode_batch(
 ) -> None:
     """Write one batch into ``out`` (its rows of the feature matrix) and ``labels``."""
     labels[:] = encode_labels(task, batch.column(task.label), path, first_row, problems)
+    encode_features(task, batch, path, first_row, out, problems)
+
+
+def encode_features(
+    task: TaskConfig,
+    batch: pa.RecordBatch,
+    path: Path,
+    first_row: int,
+    out: np.ndarray,
+    problems: Problems,
+) -> None:
+    """Write one batch's feature columns into ``out``: the one encoder every table goes
+    through, a site's own file or a packaged dataset (:func:`encode_frame`)."""
     col = 0
     for name, spec in task.columns.items():
         values = batch.column(name)
@@ -369,6 +383,30 @@ def encode_batch(
         else:
             width = _encode_boolean(name, spec, values, path, first_row, out, col, problems)
         col += width
+
+
+def encode_frame(task: TaskConfig, frame: pd.DataFrame, source: Path) -> np.ndarray:
+    """A packaged dataset's table, already read, anonymised and labelled by its loader, through
+    the encoder a site's own file goes through: declared ranges, categories and imputation, no
+    statistic of anyone's rows. ``frame``'s row ``i`` is data row ``i + 1`` of ``source`` in
+    any problem; the first problem is a ``SiteDataError``. Site-median columns stay NaN for
+    :func:`impute_per_site`."""
+    names = list(task.columns)
+    batch = pa.RecordBatch.from_arrays([_arrow_column(frame[c]) for c in names], names=names)
+    out = np.empty((len(frame), len(task.feature_names)), dtype=np.float32)
+    problems = Problems()
+    encode_features(task, batch, source, 0, out, problems)
+    raise_first(problems.found)
+    return out
+
+
+def _arrow_column(values: pd.Series) -> pa.Array:
+    """A pandas column as arrow (NaN as null); a column of mixed types as strings, so the
+    encoder names its bad cell instead of arrow refusing the whole column."""
+    try:
+        return pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if pd.isna(v) else str(v) for v in values], type=pa.string())
 
 
 def _first(mask: np.ndarray) -> int:
@@ -578,6 +616,34 @@ def impute_site_medians(task: TaskConfig, x: np.ndarray, medians: dict[str, floa
     for name, value in medians.items():
         column = x[:, slots[name]]
         column[np.isnan(column)] = value
+
+
+def impute_per_site(
+    task: TaskConfig,
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    train_sites: np.ndarray | None,
+    test_sites: np.ndarray | None,
+) -> None:
+    """Site-median columns of a packaged table with natural sites (heart's hospitals): each
+    site's medians fitted on its own training rows and used for its rows only, as each site
+    does with its own file. Without sites the table is one site. A site with held-out rows but
+    no training rows is a ``DataError``: borrowing another site's medians is the leak this
+    avoids."""
+    if not task.site_fitted:
+        return
+    if train_sites is None or test_sites is None:
+        train_sites = np.zeros(len(x_train), dtype=np.int64)
+        test_sites = np.zeros(len(x_test), dtype=np.int64)
+    for site in np.union1d(train_sites, test_sites).tolist():
+        train_rows, test_rows = train_sites == site, test_sites == site
+        if not train_rows.any():
+            raise DataError(f"{task.name}: site {site} has no training rows to fit its medians")
+        medians = fit_site_medians(task, x_train[train_rows])
+        for x, rows in ((x_train, train_rows), (x_test, test_rows)):
+            part = x[rows]
+            impute_site_medians(task, part, medians)
+            x[rows] = part
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from fedmodel.models.errors import ModelError
 class MLP(nn.Module):
     """Linear -> ReLU -> Dropout per hidden size, then a linear head producing logits.
 
-    No normalisation layers: tabular inputs arrive standardised by ``fedmodel.data``, and
-    BatchNorm would break per-sample DP anyway.
+    No normalisation layers: tabular inputs arrive scaled by their declared ranges
+    (``fedmodel.data.site``), and BatchNorm would break per-sample DP anyway.
     """
 
     def __init__(

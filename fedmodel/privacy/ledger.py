@@ -267,14 +267,29 @@ class Ledger:
     def signed_line(self, entry_hash: str) -> str:
         """The stored, signed line of one verified entry: a refusal travels to the server as it
         is, so the server can check the node's signature on it (``server/sealing.py``)."""
+        for entry in self._verified_chain():
+            if entry.hash == entry_hash:
+                return entry.to_line()
+        raise LedgerError(f"{self.path}: no sound entry with hash {entry_hash[:16]}…")
+
+    def signed_lines(self, start: int, stop: int) -> list[str]:
+        """The stored, signed lines of entries ``start`` to ``stop - 1``, as they are: what a
+        reply carries to the coordinator's copy (:mod:`fedmodel.privacy.ledger_copy`)."""
+        return [entry.to_line() for entry in self._verified_chain()[start:stop]]
+
+    @property
+    def first_key(self) -> ed25519.Ed25519PublicKey:
+        """The key the ledger's first entry is signed with (later keys come by rotation)."""
+        return self._chain.first_key
+
+    def _verified_chain(self) -> tuple[ChainEntry, ...]:
         try:
             verification = self._chain.verify()
         except ChainError as err:
             raise LedgerError(str(err)) from None
-        for entry in verification.entries:
-            if entry.hash == entry_hash:
-                return entry.to_line()
-        raise LedgerError(f"{self.path}: no sound entry with hash {entry_hash[:16]}…")
+        if not verification.ok:
+            raise LedgerError(_broken_message(self.path, verification.first_break))
+        return verification.entries
 
     # --- writing ---------------------------------------------------------------------------------
 

@@ -14,14 +14,15 @@ from fedmodel.report.model import AuditSummary
 AUDIT_FILE = "audit.jsonl"
 
 
-def audit_summary(run_dir: Path) -> AuditSummary | None:
-    """``None`` when the run kept no audit log (runs from before it existed)."""
+def audit_summary(run_dir: Path, server_key: Path | None = None) -> AuditSummary | None:
+    """``None`` when the run kept no audit log (runs from before it existed). ``server_key``:
+    the server's published verify key; default the run folder's copy of it."""
     if not (Path(run_dir) / AUDIT_FILE).is_file():
         return None
     from server.audit import AuditError, verify_audit  # the server owns the log's format
 
     try:
-        report = verify_audit(run_dir)
+        report = verify_audit(run_dir, server_key)
     except AuditError as err:
         return AuditSummary(False, 0, 0, 0, 0, 0, 0, None, "none", str(err))
     c = report.counts

@@ -39,13 +39,18 @@ def build_report(
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     registered_keys: Path | None = None,
+    server_key: Path | None = None,
 ) -> ReportFiles:
     """Verify the ledgers, compute the report and write report.{html,pdf,json} + plots/*.png."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ReportError(f"--out {out_dir}: exists and is not a folder")
     report = collect_report(
-        Path(run_dir), ledgers, tolerance=tolerance, registered_keys=registered_keys
+        Path(run_dir),
+        ledgers,
+        tolerance=tolerance,
+        registered_keys=registered_keys,
+        server_key=server_key,
     )
     plots = render_plots(report)
     payloads = {

@@ -29,8 +29,11 @@ from fedmodel.report.evidence import Evidence, TrainedRound, agrees, gather_evid
 from fedmodel.report.ledgers import (
     Head,
     VerifiedLedger,
+    check_against_own,
     find_ledgers,
     load_registry,
+    run_folder_copies,
+    run_folder_registry,
     verify,
 )
 from fedmodel.report.model import (
@@ -77,6 +80,7 @@ from fedmodel.report.signed import (
 )
 
 DEFAULT_DELTA = 1e-5  # DPConfig's default, for a client that never trained and a run without dp
+HISTORY_REJECTED = "ledger-history"  # the row reason of a reply whose ledger entries were refused
 
 
 def collect_report(
@@ -85,24 +89,32 @@ def collect_report(
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     registered_keys: Path | None = None,
+    server_key: Path | None = None,
 ) -> Report:
-    """Build the report model for ``run_dir``; ``ledgers`` overrides ``RUN_DIR/nodes`` discovery.
+    """Build the report model for ``run_dir`` from its ledger copies; ``ledgers`` (the sites'
+    own) are cross-checked against them, or, in a run folder without copies, reported from.
 
-    ``registered_keys``: the coordinator's registry (``<node>.ed25519.pub``); every ledger must
-    then verify under its node's registered key, not a key found on the site's own disk.
+    ``registered_keys``: the coordinator's registry (``<node>.ed25519.pub``); default: the run's
+    own ``RUN_DIR/registered-keys``. Every ledger must verify under its node's registered key,
+    not a key found on the site's own disk. ``server_key``: the server's published verify key,
+    for the audit log (default: the run folder's copy of it).
     """
     run_dir = Path(run_dir)
     records = read_run(run_dir)
     rows, evals = client_rows(records.rounds), eval_rows(records.rounds)
-    registry = load_registry(registered_keys) if registered_keys is not None else None
-    verified = verify_all(find_ledgers(run_dir, ledgers), heads_by_node(rows, evals), registry)
+    registry = (
+        load_registry(registered_keys)
+        if registered_keys is not None
+        else run_folder_registry(run_dir)
+    )
+    verified = verified_ledgers(run_dir, ledgers, heads_by_node(rows, evals), registry)
     accountant = run_accountant(records)
     evidence = gather_evidence(records.run_id, rows, verified)
     clients = [build_client(ev, records, accountant, tolerance, rows, evals) for ev in evidence]
     run, transport = run_identity(records.info), transport_settings(records.info)
     evaluation = evaluation_settings(records.info)
     central = central_dp(records, tolerance)
-    audit = audit_summary(run_dir)
+    audit = audit_summary(run_dir, server_key)
     privacy, privacy_warnings = read_privacy_audit(
         run_dir, records.run_id, records.info.get("model_hash"), clients
     )
@@ -123,6 +135,7 @@ def collect_report(
         warnings=run_warnings(records)
         + [w for ev in evidence for w in ev.warnings]
         + name_warnings(evidence)
+        + history_warnings(rows, evals)
         + central_dp_warnings(records, central)
         + audit_warnings(audit)
         + privacy_warnings,
@@ -145,15 +158,47 @@ def run_accountant(records: RunRecords) -> str:
     return accountant
 
 
+def verified_ledgers(
+    run_dir: Path,
+    given: Sequence[Path] | None,
+    heads: Mapping[str, Sequence[Head]],
+    registry: Mapping[str, Path] | None,
+) -> dict[str, VerifiedLedger]:
+    """The run folder's copies, cross-checked with ``given`` (the sites' own ledgers); a run
+    folder without copies is reported from ``given`` or ``RUN_DIR/nodes`` as before."""
+    copies = run_folder_copies(run_dir)
+    if not copies:
+        return verify_all(find_ledgers(run_dir, given), heads, registry)
+    held = verify_all(copies, heads, registry, copied=True)
+    if not given:
+        return held
+    return check_against_own(held, verify_all(find_ledgers(run_dir, given), heads, registry))
+
+
+def history_warnings(*row_sets: ClientRows) -> list[str]:
+    """Replies the server refused because their ledger entries did not extend its copy: a
+    site that rewrote or cut its history, or a relay that changed what it carried."""
+    return [
+        f"{node}: round {rnd}: reply rejected, its ledger entries do not extend the run "
+        f"folder's copy ({row.get('reason')})"
+        for rows in row_sets
+        for node, node_rows in rows.items()
+        for rnd, row in node_rows
+        if str(row.get("reason") or "").startswith(f"{HISTORY_REJECTED}:")
+    ]
+
+
 def verify_all(
     paths: list[Path],
     heads: Mapping[str, Sequence[Head]],
     registry: Mapping[str, Path] | None = None,
+    *,
+    copied: bool = False,
 ) -> dict[str, VerifiedLedger]:
     """Verify every ledger before any is used; two ledgers claiming one node is also an error."""
     out: dict[str, VerifiedLedger] = {}
     for path in paths:
-        ledger = verify(path, heads, registry)
+        ledger = verify(path, heads, registry, copied=copied)
         if ledger.node in out:
             raise ReportError(
                 f"ledger {path}: node {ledger.node} already has ledger {out[ledger.node].path}"
@@ -252,8 +297,14 @@ def build_client(
         spends_past_cap_in_force=past,
         unbounded=no_bound,
         delta_flags=flags,
-        released=released_values(records.run_id, ev.entries, policies, accountant),
+        released=released_values(
+            records.run_id, ev.entries, policies, accountant, copied=_copied(ev.ledger)
+        ),
     )
+
+
+def _copied(ledger: VerifiedLedger | None) -> bool:
+    return ledger is not None and ledger.copied
 
 
 def _recorded(t: TrainedRound | None, accountant: str) -> float | None:

@@ -6,6 +6,13 @@ signatures, entry bodies, and the heads the server recorded in metrics.jsonl, wh
 or re-signed tail) before a single number is used. Any failure is a ``ReportError`` naming the
 ledger and its first broken entry.
 
+Where the ledgers come from: the run folder's copies (``RUN_DIR/ledgers/<node>/``, grown by the
+server from the signed entries every reply carries, :mod:`fedmodel.privacy.ledger_copy`),
+verified with the keys the run registered (``RUN_DIR/registered-keys/``), so a report needs the
+run folder alone. ``--ledgers`` adds the sites' own full ledgers as a cross-check: each must
+hold its copy's entries, hash for hash, or the report stops. A run folder written before copies
+existed falls back to the ledgers below ``RUN_DIR/nodes`` (simulation) or ``--ledgers``.
+
 A site's cap and policy are read from its ledger's signed ``policy`` entries
 (:mod:`fedmodel.report.signed`), never from ``node.toml``: anyone with the site's disk can edit
 that file after the fact. ``node.toml`` is read for two things only: where the site's public
@@ -17,16 +24,18 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from fedmodel.crypto.keys import load_verify_key, registered_verify_keys
 from fedmodel.errors import FedmodelError
 from fedmodel.privacy.ledger import LEDGER_FILE, LedgerEntry, VerifyReport, verify_ledger
+from fedmodel.privacy.ledger_copy import COPIES_DIR
 from fedmodel.report.errors import ReportError
 
 NODE_FILE = "node.toml"
+REGISTERED_DIR = "registered-keys"  # the run's registry, as the ServerApp published it
 DEFAULT_SIGNING_KEY = "keys/signing.ed25519"  # NodeConfig's default, relative to node.toml
 
 Head = dict[str, Any]  # {"hash", "count"}: a node's ledger head as the server recorded it
@@ -56,6 +65,54 @@ class VerifiedLedger:
     key_pinned: bool
     heads_checked: int
     node_file: NodeFile | None
+    copied: bool = False  # the run folder's copy, from the site's replies
+
+
+def run_folder_copies(run_dir: Path) -> list[Path]:
+    """The server's copies of the sites' ledgers, ``RUN_DIR/ledgers/<node>/ledger.jsonl``."""
+    return sorted(p.resolve() for p in (run_dir / COPIES_DIR).glob(f"*/{LEDGER_FILE}"))
+
+
+def run_folder_registry(run_dir: Path) -> dict[str, Path] | None:
+    """``RUN_DIR/registered-keys``: the node keys the run accepted replies under, if recorded."""
+    folder = run_dir / REGISTERED_DIR
+    return load_registry(folder) if folder.is_dir() else None
+
+
+def check_against_own(
+    copies: Mapping[str, VerifiedLedger], full: Mapping[str, VerifiedLedger]
+) -> dict[str, VerifiedLedger]:
+    """``--ledgers`` against the run folder: each site's own ledger must start with exactly the
+    entries its replies carried; then the copy stays the source, with the site's ``node.toml``
+    (to name a file that disagrees with the signed policy). A site without a copy (a run folder
+    from before copies) is reported from its own ledger."""
+    out = dict(copies)
+    for node, own in full.items():
+        copy = copies.get(node)
+        if copy is None:
+            out[node] = own
+            continue
+        mismatch = _first_difference(copy.entries, own.entries)
+        if mismatch is not None:
+            raise ReportError(
+                f"--ledgers {own.path}: {node}'s ledger differs from the run folder's copy "
+                f"{copy.path} {mismatch}: the site's history was rewritten after it replied"
+            )
+        out[node] = replace(
+            copy,
+            node_file=own.node_file,
+            key_source=f"{copy.key_source}; matches the site's ledger {own.path}",
+        )
+    return out
+
+
+def _first_difference(copy: Sequence[LedgerEntry], own: Sequence[LedgerEntry]) -> str | None:
+    for index, entry in enumerate(copy):
+        if index >= len(own):
+            return f"after entry {index - 1}: it ends there, the copy holds {len(copy)} entries"
+        if own[index].hash != entry.hash:
+            return f"at entry {index} ({own[index].hash[:16]}… vs {entry.hash[:16]}…)"
+    return None
 
 
 def find_ledgers(run_dir: Path, given: Sequence[Path] | None = None) -> list[Path]:
@@ -83,6 +140,8 @@ def verify(
     path: Path,
     heads_by_node: Mapping[str, Sequence[Head]],
     registry: Mapping[str, Path] | None = None,
+    *,
+    copied: bool = False,
 ) -> VerifiedLedger:
     """Verify one ledger with the node's key, then again against the heads the server saw.
 
@@ -97,9 +156,10 @@ def verify(
     if not result.node:
         raise ReportError(f"ledger {path}: empty, no entries to report")
     if registry is not None:
-        key = registry.get(result.node)
-        if key is None:
+        registered = registry.get(result.node)
+        if registered is None:
             raise ReportError(f"ledger {path}: node {result.node} has no key in the registry")
+        key = _first_key(path, registered)  # a rotated ledger verifies from its first key
     heads = list(heads_by_node.get(result.node, ()))
     if heads or registry is not None:
         result = _checked(path, key, heads)
@@ -110,7 +170,8 @@ def verify(
         head_hash=result.head.hash if result.entries else None,
         signer=result.signer,
         key_source=result.key_source,
-        key_pinned=key is not None,
+        key_pinned=key is not None or registry is not None,
+        copied=copied,
         heads_checked=result.heads_checked,
         node_file=node_file,
     )

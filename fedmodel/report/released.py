@@ -22,6 +22,7 @@ from fedmodel.report.signed import policy_in_force
 
 MODEL_UPDATE, TRAIN_METRICS, EVAL_COUNTS = "model-update", "train-metrics", "eval-counts"
 ACCOUNTING, HEADS, REFUSALS = "accounting-parameters", "ledger-heads", "refusals"
+LEDGER_ENTRIES = "ledger-entries"
 ACCOUNTANTS = {
     "prv": "Opacus PRV accountant (the ledger's `epsilon`)",
     "rdp": "Opacus RDP accountant (the ledger's `epsilon_rdp`)",
@@ -48,8 +49,11 @@ def released_values(
     entries: Sequence[LedgerEntry],
     policies: Sequence[SignedPolicy],
     accountant: str,
+    *,
+    copied: bool = False,
 ) -> list[ReleasedValue]:
-    """Every kind of value that left the site in run ``run_id``, grouped over rounds."""
+    """Every kind of value that left the site in run ``run_id``, grouped over rounds;
+    ``copied``: ``entries`` are the run folder's copy, so each of them left the site too."""
     mine = [e for e in entries if e.run_id == run_id]
     commits = {e.spend: e for e in entries if e.kind == "commit"}
     groups: dict[tuple[Any, ...], _Group] = {}
@@ -62,7 +66,25 @@ def released_values(
             _add(groups, value, spend)
     out = [_merged(g) for g in groups.values()]
     out += _records(mine, entries, policies)
+    if copied and entries:
+        out.append(_ledger_entries(mine, entries))
     return out
+
+
+def _ledger_entries(mine: list[LedgerEntry], entries: Sequence[LedgerEntry]) -> ReleasedValue:
+    """The signed entries the replies carried to the server's copy of the ledger."""
+    kinds = sorted({e.kind for e in entries})
+    return _value(
+        LEDGER_ENTRIES,
+        "Signed ledger entries",
+        "signed-record",
+        f"The site's {len(entries)} signed ledger entries up to its last reply ({', '.join(kinds)}"
+        "), each sent once, with the first reply after it was written, as the site signed it: "
+        "privacy spends, refusals, commits and the site's signed cap and policy, i.e. its "
+        "accounting and configuration (every run so far), never a record.",
+        rounds=[e.round for e in mine if e.spends or e.kind == "refusal"],
+        entries=[e.seq for e in entries],
+    )
 
 
 def _add(groups: dict[tuple[Any, ...], _Group], value: ReleasedValue, spend: LedgerEntry) -> None:

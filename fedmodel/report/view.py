@@ -453,7 +453,8 @@ def audit_table(report: Report) -> Table | None:
         note="Every decision the server took, hash-chained and signed with its Ed25519 key: each "
         "update accepted or rejected (with the reason), each refusal, round and checkpoint. "
         "'Key': the public key that verified it (the run folder's own key shows the log is "
-        "intact, not who wrote it; `fedmodel audit verify --key` checks the published one).",
+        "intact, not who wrote it; `fedmodel report --server-key` and `fedmodel audit verify "
+        "--key` check the key the coordinator published).",
     )
 
 

@@ -9,20 +9,27 @@ is delegated unchanged.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 DEFAULT_INTERVAL = 0.2
+WAIT_REPORT_S = 5.0  # how often a round says whom it still waits for
 
 
 class PromptGrid(Grid):
     """Delegates to ``inner``; ``send_and_receive`` polls every ``interval`` seconds."""
 
-    def __init__(self, inner: Grid, interval: float = DEFAULT_INTERVAL) -> None:
+    def __init__(
+        self,
+        inner: Grid,
+        interval: float = DEFAULT_INTERVAL,
+        on_wait: Callable[[list[int]], None] | None = None,
+    ) -> None:
         self.inner = inner
         self.interval = interval
+        self.on_wait = on_wait
 
     def set_run(self, run) -> None:  # run: flwr's Run
         self.inner.set_run(run)
@@ -57,13 +64,20 @@ class PromptGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         """Flower's semantics (all replies, or what came before ``timeout``), checked sooner."""
-        pending = set(self.push_messages(messages))
+        messages = list(messages)
+        ids = list(self.push_messages(messages))
+        dst = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True)}
+        pending = set(ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
+        reported = time.monotonic()
         while pending and (deadline is None or time.monotonic() < deadline):
             got = list(self.pull_messages(pending))
             replies.extend(got)
             pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            if pending and self.on_wait is not None and time.monotonic() - reported > WAIT_REPORT_S:
+                self.on_wait(sorted(dst[m] for m in pending))
+                reported = time.monotonic()
             if pending:
                 time.sleep(self.interval)
         return replies

@@ -114,8 +114,9 @@ def _write_server_toml(fed: Federation) -> None:
     fed.server_toml.write_text(text)
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen:
-    """``fedmodel ARGS`` in its own session, output appended to ``log``."""
+def start(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """``fedmodel ARGS`` in its own session, output appended to ``log``; ``cwd`` is the folder
+    an operator would run it in (relative paths in ARGS are relative to it)."""
     with open(log, "ab") as out:
         return subprocess.Popen(
             [*FEDMODEL, *args],
@@ -123,6 +124,7 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            cwd=cwd,
         )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import re
@@ -26,7 +25,8 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
 from fedmodel.errors import FedmodelError
-from fedmodel.io import atomic_write_json
+from server.deploy.pidfile import pid_alive
+from server.deploy.pidfile import read_pid_file as read_pid_file  # the rules live in pidfile
 
 _PR_SET_PDEATHSIG = 1
 TAIL_LINES = 200
@@ -63,7 +63,8 @@ class Child:
     """One supervised child: its output goes, line by line, to a log and a short in-memory tail.
 
     The tail lets the supervisor explain a failure (e.g. Flower's ``Exit Code: 305``) without
-    re-reading a file that may just have rotated.
+    re-reading a file that may just have rotated; ``on_line`` sees every line as it arrives
+    (the node's link state is kept from its SuperNode's lines).
     """
 
     def __init__(
@@ -73,8 +74,10 @@ class Child:
         *,
         env: Mapping[str, str],
         log: logging.Logger,
+        on_line: Callable[[str], object] | None = None,
     ) -> None:
         self.name = name
+        self._on_line = on_line
         self.argv = list(argv)
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._log = log
@@ -114,6 +117,8 @@ class Child:
         for raw in iter(self.proc.stdout.readline, b""):
             line = _strip_ansi(raw.decode("utf-8", "replace").rstrip())
             self.tail.append(line)
+            if self._on_line is not None:  # first: whoever reads the log sees its effect
+                self._on_line(line)
             self._log.info("[%s] %s", self.name, line)
         self.proc.stdout.close()
 
@@ -148,23 +153,6 @@ def _gone(pid: int, timeout: float, wait: Callable[[float], object] | None) -> b
             return False
         time.sleep(0.1)
     return True
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie (a zombie has exited, only unreaped)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def wait_for_port(host: str, port: int, *, timeout: float, alive: Callable[[], bool]) -> bool:
@@ -220,33 +208,6 @@ def flower_exit(child: Child, detail: str | None = None) -> str | None:
             after = next((li.strip() for li in lines[i + 1 :] if li.strip()), "")
             return f"Flower exit code {code}: {(detail or after).rstrip('.')}".rstrip(": ")
     return None
-
-
-def write_pid_file(path: Path, info: dict[str, object]) -> None:
-    atomic_write_json(path, {"pid": os.getpid(), **info})
-
-
-def read_pid_file(path: Path) -> dict[str, object] | None:
-    """The supervisor's pid record, or None if absent, unreadable or its process is gone."""
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(info, dict) or not pid_alive(int(info.get("pid", 0) or 0)):
-        return None
-    return info
-
-
-def stop_supervisor(pid_file: Path, what: str, say: Callable[[str], object]) -> None:
-    """``fedmodel server stop`` / ``fedmodel node stop``: terminate the supervisor ``pid_file``
-    names (its children die with it), or say that ``what`` is not running. One rule for both
-    services, so they stop, wait and report alike."""
-    running = read_pid_file(pid_file)
-    if running is None:
-        say(f"{what} is not running")
-        return
-    terminate_pid(int(running["pid"]), timeout=20)
-    say(f"stopped {what} supervisor (pid {running['pid']})")
 
 
 def install_stop_handlers(stop: threading.Event) -> None:

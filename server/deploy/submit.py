@@ -28,7 +28,7 @@ from server import central_dp
 from server.deploy.config import ServerConfig
 from server.deploy.flower import CONNECTION, flower_bin, flower_env, write_connection
 from server.deploy.processes import ServiceError, read_pid_file
-from server.records import read_metrics
+from server.records import progress_line, read_metrics, read_progress
 
 APP_ROOT = Path(__file__).resolve().parents[2]  # the fedmodel source tree: a Flower app
 
@@ -42,7 +42,10 @@ class RunRequest:
 
 
 def submit_run(
-    cfg: ServerConfig, request: RunRequest, on_round: Callable[[dict[str, Any]], None]
+    cfg: ServerConfig,
+    request: RunRequest,
+    on_round: Callable[[dict[str, Any]], None],
+    on_wait: Callable[[str], None] | None = None,
 ) -> Path:
     """Submit, stream Flower's log to a file, report each round, check the run finished."""
     if read_pid_file(cfg.pid_file) is None:
@@ -63,7 +66,9 @@ def submit_run(
         proc = subprocess.Popen(argv, env=flower_env(cfg.flwr_home), stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
         try:
-            _follow(proc, run_dir, on_round, lambda: read_pid_file(cfg.pid_file) is not None)
+            _follow(
+                proc, run_dir, on_round, lambda: read_pid_file(cfg.pid_file) is not None, on_wait
+            )
         finally:
             if proc.poll() is None:
                 proc.terminate()
@@ -78,7 +83,7 @@ def deployment_scenario(cfg: ServerConfig, request: RunRequest) -> ScenarioConfi
     if scenario.security.secure_aggregation:
         raise ConfigError(f"{request.scenario}: secure aggregation runs in simulation only")
     clients = len(cfg.nodes) or scenario.federation.num_clients
-    min_nodes = request.min_nodes or min(scenario.strategy.min_train_nodes, clients)
+    min_nodes = request.min_nodes or scenario.strategy.min_nodes(clients)
     return apply_overrides(
         scenario,
         {
@@ -151,12 +156,14 @@ def _follow(
     run_dir: Path,
     on_round: Callable[[dict], None],
     superlink_up: Callable[[], bool],
+    on_wait: Callable[[str], None] | None = None,
 ) -> None:
-    """Wait for ``flwr run`` to return, reporting each round as the ServerApp records it.
+    """Wait for ``flwr run`` to return, reporting each round as the ServerApp records it and,
+    while a round waits, whom it waits for (when that changes, and every 30 s).
 
     If the SuperLink goes away, ``flwr run --stream`` may wait for ever: give up on it then.
     """
-    seen = 0
+    seen, said, said_at = 0, None, 0.0
     while True:
         if not superlink_up():
             raise ServiceError(f"{run_dir}: the SuperLink stopped during the run")
@@ -165,9 +172,22 @@ def _follow(
         for row in rounds[seen:]:
             on_round(row)
         seen = max(seen, len(rounds))
+        line = _waiting_line(run_dir, len(rounds))
+        if on_wait is not None and line and (line != said or time.monotonic() - said_at > 30):
+            on_wait(line)
+            said, said_at = line, time.monotonic()
         if done:
             return
         time.sleep(0.5)
+
+
+def _waiting_line(run_dir: Path, rows: int) -> str | None:
+    """Whom the running round waits for; nothing for a round already recorded (``rows``
+    metrics rows: rounds 0 .. rows - 1)."""
+    progress = read_progress(run_dir) or {}
+    if int(progress.get("round", -1)) < rows:
+        return None
+    return progress_line(progress)
 
 
 def _check_finished(run_dir: Path, log_path: Path, returncode: int | None) -> Path:
@@ -177,6 +197,8 @@ def _check_finished(run_dir: Path, log_path: Path, returncode: int | None) -> Pa
         info = {}
     if info.get("status") == "finished":
         return run_dir
+    if info.get("status") == "failed":
+        raise ServiceError(f"{run_dir}: run failed: {info.get('failure')}", exit_code=1)
     tail = _last_error(log_path)
     raise ServiceError(
         f"{run_dir}: run did not finish (flwr run exit {returncode}): {tail}; see {log_path}"

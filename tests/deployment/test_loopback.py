@@ -5,9 +5,10 @@ would, every scenario folded into as few runs as possible (each run costs a Serv
 
 1. SuperLink (TLS, node auth, persistent state), node-0 and node-1 (registered), ``rogue`` (a
    valid key nobody registered; no retry grace): rogue is refused.
-2. Run A (``fedmodel server run``), DP-SGD, 2 rounds, ``--min-nodes 1``: node-1 is killed
-   (SIGKILL, its whole process group) as soon as round 1 is recorded; round 2 gives up on it
-   after the round timeout and finishes with node-0.
+2. Run A (``fedmodel server run``), DP-SGD, 3 rounds, the default minimum (what FedAvg needs:
+   one site): node-1 is killed (SIGKILL, its whole process group) as soon as round 1 is
+   recorded; round 2 gives up on it after the round timeout (a named row: no reply), and
+   round 3 goes on with node-0 without waiting for node-1 again.
 3. node-1 restarts (after a crash). Run C asks for no DP: node-1 (policy: require_dp) refuses,
    node-0 (whose policy allows it, and which has no cap) trains; the refusal is a row in
    metrics.jsonl, and node-0's ledger now says its epsilon is unbounded.
@@ -136,11 +137,13 @@ def story(tmp_path_factory):
         outcome["rogue_exit"] = dep.procs["rogue"].wait(timeout=START_TIMEOUT)
 
         run_a = dep.start("run-a", "server", "run", "--config", str(dep.fed.server_toml),
-                          "--scenario", str(dep.scenario(True)), "--rounds", "2",
-                          "--min-nodes", "1", "--out", str(dep.run_dir("a")))  # fmt: skip
+                          "--scenario", str(dep.scenario(True)), "--rounds", "3",
+                          "--out", str(dep.run_dir("a")))  # fmt: skip
         _wait_for_round(dep.run_dir("a"), 1, run_a)
         kill_group(dep.procs["node-1"], signal.SIGKILL)
+        killed = time.monotonic()
         outcome["a_exit"] = run_a.wait(timeout=RUN_TIMEOUT)
+        outcome["a_after_kill_s"] = time.monotonic() - killed
 
         dep.start_node("node-1")
         dep.wait_ready("node-1", starts=2)
@@ -185,11 +188,11 @@ def test_run_folder_written_over_tls_and_node_auth(story):
     assert info["transport"] == {
         "tls": True, "node_auth": True, "sealed_updates": False, "secure_aggregation": False,
     }  # fmt: skip
-    checkpoints = [f"checkpoints/round-000{r}.safetensors" for r in (1, 2)]
+    checkpoints = [f"checkpoints/round-000{r}.safetensors" for r in (1, 2, 3)]
     for rel in ("scenario.toml", "metrics.jsonl", "clients.csv", "model/model.safetensors",
                 *checkpoints):  # fmt: skip
         assert (run_dir / rel).is_file(), rel
-    assert [r["round"] for r in read_metrics(run_dir)] == [0, 1, 2]
+    assert [r["round"] for r in read_metrics(run_dir)] == [0, 1, 2, 3]
     first = _clients(run_dir, 1)
     assert {n: c["status"] for n, c in first.items()} == {"node-0": "ok", "node-1": "ok"}
     # a policy entry, then the round's spend: the head a reply names
@@ -198,9 +201,19 @@ def test_run_folder_written_over_tls_and_node_auth(story):
 
 
 def test_killed_node_does_not_hang_the_run(story):
-    second = _clients(story["dep"].run_dir("a"), 2)
+    """The lost site is one named row with its reason, printed live; the rounds after it do
+    not wait for it beyond one round timeout."""
+    dep = story["dep"]
+    second = _clients(dep.run_dir("a"), 2)
     assert second["node-0"]["status"] == "ok"
-    assert "node-1" not in second  # killed: no reply before the round timeout
+    assert second["node-1"]["status"] == "error", second  # named, not flower-<id>
+    assert not [n for n in second if n.startswith("flower-")], second
+    third = _clients(dep.run_dir("a"), 3)
+    assert third["node-0"]["status"] == "ok" and set(third) <= {"node-0", "node-1"}, third
+    assert story["a_after_kill_s"] < 3 * ROUND_TIMEOUT, story["a_after_kill_s"]
+    out = dep.out("run-a").read_text()
+    assert "round 2: accuracy" in out and "(1 of 2 sites trained)" in out, out
+    assert "  node-1 error: " in out, out
 
 
 def test_no_dp_run_is_refused_by_a_node_that_requires_dp(story):
@@ -234,9 +247,9 @@ def test_restarted_node_continues_its_ledger(story):
 def test_status_and_stop_commands(story):
     text = story["status_text"]
     assert "connected (SuperNode id" in text and "left" in text, text
-    assert "stopped node supervisor" in story["node_stop"]
+    assert story["node_stop"].startswith("stopped node node-0 (pid")
     assert story["node_0_exit"] == 0  # SIGTERM: a clean stop, not a failure for systemd
-    assert "stopped SuperLink supervisor" in story["server_stop"]
+    assert story["server_stop"].startswith("stopped the SuperLink (pid")
     assert story["server_exit"] == 0
 
 
@@ -247,3 +260,27 @@ def test_relay_database_holds_no_plaintext_of_the_sealed_run(story):
     assert story["server_exit"] == 0  # the database is closed and complete
     state = dep.root / "coordinator" / "state"
     assert_relay_never_saw_plaintext(state, dep.run_dir("b"), dep.run_dir("c"))
+
+
+def test_unsealed_run_reports_from_its_folder_alone_with_the_published_server_key(story, tmp_path):
+    """Run A (plain updates): no site's ledger or node.toml reaches the coordinator by hand, yet
+    the report verifies both sites with their signed caps, and the audit log verifies with the
+    ServerApp key the sites pinned (and with no other)."""
+    from fedmodel.crypto.keys import generate_signing_key, save_public_key
+    from fedmodel.report.collect import collect_report
+    from server.audit import verify_audit
+
+    dep = story["dep"]
+    run_dir = dep.run_dir("a")
+    published = dep.root / "coordinator" / "state" / "server-keys" / "server.ed25519.pub"
+    report = collect_report(run_dir, server_key=published)
+    clients = {c.node: c for c in report.clients}
+    assert clients["node-1"].cap is not None and clients["node-1"].cap.epsilon == 50.0
+    assert clients["node-0"].cap is None and clients["node-0"].cap_status == "uncapped"
+    assert all(c.ledger.key_pinned and "ledgers" in c.ledger.path for c in clients.values())
+    assert report.audit is not None and report.audit.verified, report.audit
+    assert verify_audit(run_dir, published).ok
+    other = tmp_path / "other.pub"
+    save_public_key(generate_signing_key().public_key(), other)
+    assert verify_audit(run_dir, other).first_break.kind == "bad-signature"
+    assert not (run_dir / "server-keys" / "server.ed25519").exists()  # no private half here

@@ -87,16 +87,27 @@ def test_bad_scenario_file_is_one_line_exit_2(tmp_path):
     assert result.exit_code == 2 and "no-such-scenario" in result.output
 
 
-def test_simulate_says_when_every_node_refuses(tmp_path):
-    """Virtual nodes require DP-SGD by default: a no-DP scenario finishes with nothing trained."""
+def test_a_run_in_which_every_site_refuses_fails_with_the_reasons(tmp_path):
+    """Virtual nodes require DP-SGD by default: a no-DP scenario trains nothing. That is a
+    failed run (exit 1, run.json ``failed``, no "final" model), with each site's reason shown
+    as the round ends, not a finished one."""
+    import json
+
     from fedmodel.scenarios import scenario_to_toml
 
     path = tmp_path / "nodp.toml"
     path.write_text(
         scenario_to_toml(apply_overrides(small_tabular("fedavg"), {"dp.enabled": False}, "t"))
     )
-    result = CliRunner().invoke(app, ["simulate", str(path), "--out", str(tmp_path / "run")])
-    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(app, ["simulate", str(path), "--out", str(run_dir)])
+    assert result.exit_code == 1, result.output
     text = " ".join(result.output.split())  # rich wraps long lines
-    assert text.count("warning:") == 1, result.output
-    assert "warning: round 1: no update was aggregated (refused: site policy requires DP" in text
+    assert "round 1: node-0 refused: site policy requires DP" in text, result.output
+    assert "round 1: node-1 refused: site policy requires DP" in text, result.output
+    assert "warning: round 1: no site trained" in text, result.output
+    assert "run failed: no site trained in any round" in text, result.output
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "failed" and info["model_hash"] is None
+    assert "requires DP" in info["failure"]
+    assert not (run_dir / "model").exists()

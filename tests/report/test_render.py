@@ -21,14 +21,14 @@ from tests.report.conftest import invoke
 def test_cli_success_prints_summary(built, run_dir: Path, monkeypatch) -> None:
     calls = []
 
-    def fake_build(run, out, ledgers, registered_keys=None):
-        calls.append((run, out, ledgers, registered_keys))
+    def fake_build(run, out, ledgers, registered_keys=None, server_key=None):
+        calls.append((run, out, ledgers, registered_keys, server_key))
         return built
 
     monkeypatch.setattr(fedmodel.report.build, "build_report", fake_build)
     result = invoke(str(run_dir))
     assert result.exit_code == 0, result.output
-    assert calls == [(run_dir, run_dir / "report", None, None)], "default --out is RUN_DIR/report"
+    assert calls == [(run_dir, run_dir / "report", None, None, None)], "default: RUN_DIR/report"
     assert "budget exceeded: none" in result.stdout and "report.pdf" in result.stdout
 
 

@@ -80,7 +80,7 @@ def test_raising_node_toml_again_changes_nothing_but_is_named(second_run, tmp_pa
     run_dir = Path(shutil.copytree(second_run, tmp_path / "run"))
     node_toml = run_dir / "nodes" / "node-0" / "node.toml"
     _edit(node_toml, f"epsilon = {LOWERED_CAP}", f"epsilon = {RAISED_CAP}")
-    report = collect_report(run_dir)
+    report = collect_report(run_dir, [run_dir / "nodes"])  # node.toml: beside the site's own
     again = {c.node: c for c in report.clients}["node-0"]
     assert again.cap.epsilon == LOWERED_CAP, "the signed cap counts, not node.toml"
     assert again.budget_exceeded

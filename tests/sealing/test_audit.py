@@ -82,7 +82,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, run_dir):
     result = CliRunner().invoke(cli, ["audit", "verify", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "no such audit log" in result.output
     (run_dir / "server-keys" / "server.ed25519.pub").unlink()
-    with pytest.raises(AuditError, match="pass the server's verify key"):
+    with pytest.raises(AuditError, match="pass the server's published verify key"):
         verify_audit(run_dir)
     result = CliRunner().invoke(cli, ["audit", "verify", str(run_dir), "--key", str(run_dir)])
     assert result.exit_code == 2 and "Traceback" not in result.output

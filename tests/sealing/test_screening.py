@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from fedmodel.config import ConfigError
 from fedmodel.crypto.seal import SEAL_FIXED_OVERHEAD, open_request, state_dict_from_bytes
 from server import wire
+from server.validation import ENVELOPE_SLACK
 from tests.sealing.conftest import RUN_ID
 from tests.sealing.relay_scan import PAYLOAD_MARKER
 
@@ -83,7 +84,7 @@ def test_an_unsigned_plain_update_is_rejected(plain_federation):
 
 def test_an_oversized_reply_is_rejected_before_it_is_read(plain_federation):
     fed = plain_federation
-    big = fed.envelope("node-0", 1) + b"\0" * (1 << 20)
+    big = fed.envelope("node-0", 1) + b"\0" * (ENVELOPE_SLACK + (1 << 20))
     _, rows = fed.screen(1, [fed.reply(big, "node-0", 1)])
     assert rows[0]["status"] == "rejected" and "exceeds the model's" in rows[0]["reason"]
 
