@@ -26,10 +26,12 @@ class PromptGrid(Grid):
         inner: Grid,
         interval: float = DEFAULT_INTERVAL,
         on_wait: Callable[[list[int]], None] | None = None,
+        report_every: float = WAIT_REPORT_S,
     ) -> None:
         self.inner = inner
         self.interval = interval
         self.on_wait = on_wait
+        self.report_every = report_every
 
     def set_run(self, run) -> None:  # run: flwr's Run
         self.inner.set_run(run)
@@ -66,7 +68,8 @@ class PromptGrid(Grid):
         """Flower's semantics (all replies, or what came before ``timeout``), checked sooner."""
         messages = list(messages)
         ids = list(self.push_messages(messages))
-        dst = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True)}
+        # one id per message, in order (Flower's grids); only used to name whom a round awaits
+        dst = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=False)}
         pending = set(ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
@@ -75,8 +78,12 @@ class PromptGrid(Grid):
             got = list(self.pull_messages(pending))
             replies.extend(got)
             pending.difference_update(m.metadata.reply_to_message_id for m in got)
-            if pending and self.on_wait is not None and time.monotonic() - reported > WAIT_REPORT_S:
-                self.on_wait(sorted(dst[m] for m in pending))
+            if (
+                pending
+                and self.on_wait is not None
+                and time.monotonic() - reported > self.report_every
+            ):
+                self.on_wait(sorted(dst[m] for m in pending if m in dst))
                 reported = time.monotonic()
             if pending:
                 time.sleep(self.interval)

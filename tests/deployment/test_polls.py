@@ -52,6 +52,19 @@ def test_gives_up_at_the_timeout_with_what_arrived():
     assert 0.5 <= time.monotonic() - t0 < 1.5
 
 
+def test_a_waiting_round_names_the_nodes_it_still_waits_for():
+    waited: list[list[int]] = []
+    grid = PromptGrid(
+        FakeGrid({"a": 0.05, "dead": 1e9}),  # type: ignore[arg-type]
+        interval=0.05,
+        on_wait=waited.append,
+        report_every=0.1,
+    )
+    messages = [SimpleNamespace(metadata=SimpleNamespace(dst_node_id=n)) for n in (7, 8)]
+    list(grid.send_and_receive(messages, timeout=0.5))  # type: ignore[arg-type]
+    assert waited and all(ids == [8] for ids in waited)  # "a" answered before the first report
+
+
 class Clock:
     """A ``time`` module that records sleeps instead of sleeping."""
 

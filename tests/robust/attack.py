@@ -68,8 +68,12 @@ def attack_mod(msg: Message, context: Context, call_next) -> Message:
     honest = wire.update_from_payload(opened.payload)
     global_ = ArrayRecord(state_dict_from_bytes(request.payload))
     bad = corrupt(kind, honest[wire.ARRAYS], global_)
-    payload = wire.update_payload(
-        bad.to_torch_state_dict(), dict(honest[wire.METRICS]), dict(honest[wire.NODE])
+    ledger = state_dict_from_bytes(opened.payload).get(wire.LEDGER_TENSOR)
+    payload = wire.update_payload(  # its real ledger entries travel on: only the weights lie
+        bad.to_torch_state_dict(),
+        dict(honest[wire.METRICS]),
+        dict(honest[wire.NODE]),
+        ledger.numpy().tobytes() if ledger is not None else b"",
     )
     envelope = sign_update(
         payload, signer=key, run_id=request.run_id, round=request.round, node_id=opened.node_id
