@@ -53,7 +53,7 @@ def read_progress(run_dir: Path) -> dict[str, Any] | None:
 def round_report(row: dict[str, Any]) -> list[str]:
     """A round as the coordinator's terminal shows it: the headline, one line per site by name
     with the reason for anything but ``ok``, and a warning when no site trained."""
-    accuracy = _accuracy(row)
+    accuracy = round_accuracy(row)
     shown = "n/a" if accuracy is None else f"{accuracy:.3f}"
     clients = row.get("clients", [])
     if row.get("round") == 0:
@@ -69,7 +69,7 @@ def round_report(row: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _accuracy(row: dict[str, Any]) -> float | None:
+def round_accuracy(row: dict[str, Any]) -> float | None:
     """The server's accuracy where it may evaluate, else the sites' noised federated one."""
     for source in ("server", "federated"):
         value = (row.get(source) or {}).get("accuracy")

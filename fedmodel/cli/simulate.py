@@ -112,12 +112,11 @@ def idle_round_warnings(run_dir: Path) -> list[str]:
 
 
 def round_accuracy(row: dict[str, Any]) -> float:
-    """The server's accuracy where it may evaluate, else the sites' noised federated one."""
-    for source in ("server", "federated"):
-        value = (row.get(source) or {}).get("accuracy")
-        if value is not None:
-            return float(value)
-    return float("nan")
+    """:func:`server.records.round_accuracy`, NaN where nobody evaluated (for the display)."""
+    from server.records import round_accuracy as recorded
+
+    value = recorded(row)
+    return float("nan") if value is None else value
 
 
 def _progress(console: Console) -> Progress:
