@@ -53,7 +53,7 @@ RUNS = {  # run name -> strategy
 
 
 def scenario(name: str, strategy: str) -> ScenarioConfig:
-    """Breast-cancer MLP, one round of eight local epochs at fixed noise 0.3: near its plateau
+    """Breast-cancer MLP, one round of eight local epochs at fixed noise 0.1: near its plateau
     after one round, so the comparison is not a snapshot of a steep learning curve. (Features
     scaled by the declared ranges are smaller than standardised ones were, so it takes more
     local steps, and less noise, than the four at noise 1.0 that standardised features needed:
@@ -67,7 +67,7 @@ def scenario(name: str, strategy: str) -> ScenarioConfig:
             "model.name": "mlp",
             "model.hidden_sizes": [16],
             "optimizer.lr": 0.4,
-            "dp.noise_multiplier": 0.3,
+            "dp.noise_multiplier": 0.1,
             "dp.accountant": "rdp",
             "train.batch_size": 16,
             "train.epochs": 8,
