@@ -216,17 +216,33 @@ class BookKeepingDPOptimizer(DPOptimizerFastGradientClipping):
                 p.summed_grad = p.grad.detach()
 
 
-def _finite_examples(losses: Tensor, pairs: list[tuple[nn.Module, Tensor, Tensor]]) -> Tensor:
-    """``[B]`` mask of the examples whose loss, activations and output gradients are finite.
+def _per_sample_norms(
+    pairs: list[tuple[nn.Module, Tensor, Tensor]], losses: Tensor
+) -> tuple[Tensor, list[_LayerGrads]]:
+    """``[B]`` per-sample gradient norms over every trainable layer, with each layer's terms."""
+    sq = torch.zeros(losses.shape[0], dtype=losses.dtype, device=losses.device)
+    terms: list[_LayerGrads] = []
+    for layer, a, g in pairs:
+        term = _layer_terms(layer, a, g)
+        sq = sq + term.sq_norms.to(sq.dtype)
+        terms.append(term)
+    return sq.sqrt(), terms
+
+
+def _finite_examples(losses: Tensor, norms: Tensor) -> Tensor:
+    """``[B]`` mask of the examples whose loss and per-sample gradient norm are finite.
 
     A model chosen to overflow on some rows would otherwise put NaN into the clipped sum, and
     NaN survives any noise: the update would reveal which rows overflowed. A dropped example
     contributes zero, which is within the clipping bound, so the guarantee is unchanged.
+
+    The norm is the check: every activation and output gradient a layer's clipped gradient is
+    built from also enters that layer's per-sample norm (products and sums, where inf and NaN
+    propagate: inf * 0 and inf - inf are NaN, and a norm of an inf is inf), so a non-finite
+    value that could reach the sum makes the norm non-finite. Checking the ``[B]`` norms instead
+    of every recorded tensor element by element is what keeps the common, all-finite step cheap.
     """
-    keep = torch.isfinite(losses.detach())
-    for _, a, g in pairs:
-        keep &= torch.isfinite(a.flatten(1)).all(1) & torch.isfinite(g.flatten(1)).all(1)
-    return keep
+    return torch.isfinite(losses.detach()) & torch.isfinite(norms)
 
 
 def _float32(t: Tensor) -> Tensor:
@@ -285,20 +301,16 @@ class BookKeepingClipper:
         layers = list(records)
         outputs = [records[m][1] for m in layers]
         out_grads = torch.autograd.grad(loss_per_sample.sum(), outputs, allow_unused=True)
-        n = loss_per_sample.shape[0]
-        sq = torch.zeros(n, dtype=loss_per_sample.dtype, device=loss_per_sample.device)
         pairs = [
             (m, _float32(records[m][0]), _float32(g.detach()))
             for m, g in zip(layers, out_grads, strict=True)
             if g is not None
         ]  # fmt: skip  (None: the layer's output does not reach the loss)
-        keep = _finite_examples(loss_per_sample, pairs)
-        terms: list[_LayerGrads] = []
-        for layer, a, g in pairs:
-            term = _layer_terms(layer, _rows(a, keep), _rows(g, keep))
-            sq = sq + term.sq_norms.to(sq.dtype)
-            terms.append(term)
-        norms = sq.sqrt()
+        norms, terms = _per_sample_norms(pairs, loss_per_sample)
+        keep = _finite_examples(loss_per_sample, norms)
+        if not bool(keep.all()):  # rare: rebuild the terms with the dropped rows zeroed
+            pairs = [(m, _rows(a, keep), _rows(g, keep)) for m, a, g in pairs]
+            norms, terms = _per_sample_norms(pairs, loss_per_sample)
         coef = (self.max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0)
         for p in self._params:
             p.grad = None

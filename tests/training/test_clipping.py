@@ -138,3 +138,27 @@ def test_shared_weights_and_unsupported_layers_are_refused():
 
     with pytest.raises(TrainingError, match="per-sample"):
         BookKeepingClipper(Odd(), CLIP)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "poison"),
+    [("cnn", float("inf")), ("cnn", float("nan")), ("mlp", float("nan")), ("mlp", 3e38)],
+)  # 3e38 is finite, but its squared norm overflows in the MLP (a CNN's GroupNorm absorbs it)
+def test_an_example_that_overflows_is_dropped_not_leaked(model_name, poison):
+    """A row crafted to overflow would put NaN into the clipped sum, and NaN survives any noise:
+    the update would reveal which rows overflowed. The row must count as zero, exactly as if it
+    were absent, and its norm must be reported as zero."""
+    shape = (1, 28, 28) if model_name == "cnn" else (12,)
+    model = build_model(ModelConfig(name=model_name), shape, 10, seed=0)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, *shape, generator=g)
+    labels = torch.arange(6) % 10
+    x[3].view(-1)[0] = poison
+    got, norms = fast_clipped_sums(copy.deepcopy(model), x, labels=labels)
+    keep = torch.tensor([True, True, True, False, True, True])
+    ref, ref_norms = fast_clipped_sums(copy.deepcopy(model), x[keep], labels=labels[keep])
+    assert float(norms[3]) == 0.0
+    torch.testing.assert_close(norms[keep], ref_norms)
+    for r, gr in zip(ref, got, strict=True):
+        assert torch.isfinite(gr).all()
+        torch.testing.assert_close(gr, r, atol=1e-6, rtol=1e-5)
