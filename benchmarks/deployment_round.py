@@ -306,7 +306,7 @@ def main() -> None:
         "overhead_s": overheads["fedmodel_tls_auth"],
         "stock_flower_overhead_s": overheads["stock"],
         "insecure_overhead_s": overheads["fedmodel_insecure"],
-        "sealed_overhead_s": overheads["fedmodel_tls_auth_sealed"],
+        "overhead_sealed_s": overheads["fedmodel_tls_auth_sealed"],
         "modes": modes,
         "workload": "2 SuperNodes on 127.0.0.1, breast-cancer, MLP[16], DP-SGD sigma 1.0, batch 32",
         "machine": machine(),
@@ -315,7 +315,7 @@ def main() -> None:
     atomic_write_json(args.out, results)
     print(
         f"overhead per round: fedmodel {results['overhead_s']} s (TLS+auth), "
-        f"{results['sealed_overhead_s']} s (TLS+auth+sealed), "
+        f"{results['overhead_sealed_s']} s (TLS+auth+sealed), "
         f"{results['insecure_overhead_s']} s (insecure); "
         f"stock {results['stock_flower_overhead_s']} s"
     )
