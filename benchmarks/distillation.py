@@ -37,7 +37,7 @@ RESULTS = RESULTS_DIR / "distillation.json"
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", type=Path, default=None, help="reuse this run's model")
-    p.add_argument("--train-limit", type=int, default=20000, help="training images (sites)")
+    p.add_argument("--train-limit", type=int, default=0, help="training images (0: all 60,000)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--student", default="cnn-small")
@@ -55,7 +55,7 @@ def teacher_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     from server.federation import ServerSettings
 
     settings = {
-        "data.train_limit": args.train_limit,
+        "data.train_limit": args.train_limit or None,
         "data.test_limit": 2000,
         "federation.rounds": args.rounds,
         "federation.num_clients": args.clients,
@@ -67,12 +67,14 @@ def teacher_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
         "budget.epsilon": 3.15,
     }
     cfg = apply_overrides(load_scenario("mnist-cnn"), settings, "distillation teacher")
+    if not args.train_limit:  # None is skipped by apply_overrides: clear it explicitly
+        cfg = apply_overrides(cfg, {}, "distillation teacher", clear=("data.train_limit",))
     run_dir = fresh_run_dir("distillation")
     start = time.perf_counter()
     simulate(ServerSettings(scenario=cfg, run_dir=run_dir))
     summary = run_summary(run_dir)
     summary["wall_s"] = round(time.perf_counter() - start, 1)
-    summary["settings"] = settings
+    summary["settings"] = {**settings, "data.train_limit": cfg.data.train_limit}
     return run_dir, summary
 
 

@@ -28,6 +28,7 @@ every call to it is in this one module.
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,9 +148,12 @@ def load_quantized_state(
     modules = quantized_modules(quantized)
     if sorted(modules) != sorted(info.get("modules") or []):
         raise QuantizationError(f"{source}: quantised modules do not match the model")
+    loadable = OrderedDict(from_plain_tensors(state, modules, source))
+    # the modules' own loaders read their format version from the metadata a state_dict carries
+    loadable._metadata = getattr(quantized.state_dict(), "_metadata", {})  # type: ignore[attr-defined]
     try:
         with _torch_ao():
-            quantized.load_state_dict(from_plain_tensors(state, modules, source), strict=True)
+            quantized.load_state_dict(loadable, strict=True)
     except (RuntimeError, ValueError) as err:
         first = str(err).splitlines()[0]
         raise QuantizationError(f"{source}: weights do not fit the model: {first}") from None
