@@ -10,6 +10,8 @@ import torch
 
 from fedmodel.distill import DistillConfig, load_public
 from fedmodel.distill.public import rows_sha256
+from fedmodel.models import ModelError
+from fedmodel.models.registry import student_config
 from fedmodel.report.students import read_students
 from fedmodel.report.view import students_table
 from fedmodel.training.export import load_exported
@@ -108,3 +110,16 @@ def test_bad_input_is_one_line_and_exit_2(teacher, tmp_path, case, message):
         extra = ["--epochs", "0"]
     one_error_line(invoke("distill", run, "--student", student, "--data", data, *extra), message)
     assert not (teacher.run_dir / "students" / "cnn-huge").exists()
+
+
+def test_students_are_registered_per_input_kind():
+    assert student_config("cnn-small", "image").cnn_channels == [4, 8]
+    assert student_config("mlp-small", "tabular").hidden_sizes == [16]
+    text = student_config("minilm-2l", "text")
+    assert (text.name, text.bert_layers, text.bert_trainable) == (
+        "minilm",
+        2,
+        "all-but-embeddings",
+    )
+    with pytest.raises(ModelError, match="needs a teacher on text inputs"):
+        student_config("minilm-2l", "image")
