@@ -556,7 +556,7 @@ def students_table(report: Report) -> Table:
         rows=rows,
         note=f"Trained on the final model's soft labels over {first.public_data}; accuracy and "
         "agreement with the teacher on public rows disjoint from those it learned from. "
-        f"{first.privacy.capitalize()}.",
+        f"{first.privacy[:1].upper()}{first.privacy[1:]}.",
         flagged=[i for i, s in enumerate(report.students) if not s.matches_model],
     )
 

@@ -9,11 +9,20 @@ from typer.testing import CliRunner
 from fedmodel.cli.distill_cmd import distill
 from fedmodel.cli.export_cmd import export
 from fedmodel.cli.predict import predict
+from fedmodel.training.footprint import cpu_threads
 from tests.distill.teacher import TeacherRun, build_teacher_run
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One CPU thread: on a small shared machine two threads contend and run several times
+    slower than one (150 CNN steps: 10 s on one thread, 59 s on two at load 18)."""
+    with cpu_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
-def teacher(tmp_path_factory) -> TeacherRun:
+def teacher(tmp_path_factory, one_thread) -> TeacherRun:
     return build_teacher_run(tmp_path_factory.mktemp("teacher"))
 
 

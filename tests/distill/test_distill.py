@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from fedmodel.training.export import load_exported
 from tests.distill.conftest import invoke, one_error_line
 from tests.distill.teacher import image_digests
 
-LIMIT, EPOCHS = 600, 4
+LIMIT, EPOCHS = 600, 10
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +72,9 @@ def test_report_lists_the_student(teacher, distilled):
 def test_unlabelled_file_reports_agreement_only(teacher, tmp_path):
     rows = tmp_path / "public.npy"
     np.save(rows, torch.rand(40, 1, 28, 28).numpy())
+    run_dir = shutil.copytree(teacher.run_dir, tmp_path / "run")  # keep the shared student
     result = invoke(
-        "distill", str(teacher.run_dir), "--student", "cnn-small", "--data", str(rows),
+        "distill", str(run_dir), "--student", "cnn-small", "--data", str(rows),
         "--epochs", "1", "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
