@@ -6,6 +6,8 @@ import typer
 
 from fedmodel.cli.audit_cmd import app as audit_app
 from fedmodel.cli.data_cmd import app as data_app
+from fedmodel.cli.distill_cmd import distill
+from fedmodel.cli.export_cmd import export
 from fedmodel.cli.keys_cmd import app as keys_app
 from fedmodel.cli.ledger_cmd import app as ledger_app
 from fedmodel.cli.model_cmd import app as model_app
@@ -28,6 +30,8 @@ app = typer.Typer(
 app.command("train-local")(train_local)
 app.command("simulate")(simulate)
 app.command("predict")(predict)
+app.command("export")(export)
+app.command("distill")(distill)
 app.command("report")(report)
 app.add_typer(data_app, name="data", help="Datasets: statistics; a site's files checked.")
 app.add_typer(task_app, name="task", help="Declared tasks: draft one from a sample file.")

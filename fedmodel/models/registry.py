@@ -11,8 +11,36 @@ from fedmodel.config import ModelConfig
 from fedmodel.models.errors import ModelError
 
 MODEL_NAMES = ("cnn", "mlp", "minilm", "custom")
+# Students for ``fedmodel distill``: small registered models a teacher's soft labels train.
+# Each is an ordinary config of a registered architecture (so export, predict and quantisation
+# treat it like any model) and fits one kind of teacher input.
+STUDENT_NAMES = ("cnn-small", "mlp-small", "minilm-2l")
+_STUDENT_INPUTS = {"cnn-small": "image", "mlp-small": "tabular", "minilm-2l": "text"}
 
-__all__ = ["MODEL_NAMES", "ModelError", "build_model"]
+__all__ = ["MODEL_NAMES", "STUDENT_NAMES", "ModelError", "build_model", "student_config"]
+
+
+def student_config(name: str, teacher_task: str) -> ModelConfig:
+    """The registered student ``name`` for a teacher on ``teacher_task`` inputs.
+
+    ``cnn-small``: the CNN with 4 and 8 channels (the default teacher has 16 and 32), about a
+    fifth of its weights. ``mlp-small``: one hidden layer of 16. ``minilm-2l``: the packaged
+    MiniLM cut to its first two encoder layers (embeddings frozen, both layers and the head
+    train); its word embeddings dominate, so it is smaller by the four layers it drops.
+    """
+    if name not in STUDENT_NAMES:
+        raise ModelError(f"--student: unknown student {name!r} (one of {', '.join(STUDENT_NAMES)})")
+    wants = _STUDENT_INPUTS[name]
+    if teacher_task != wants:
+        raise ModelError(
+            f"--student {name}: needs a teacher on {wants} inputs, this run's model takes "
+            f"{teacher_task} inputs"
+        )
+    if name == "cnn-small":
+        return ModelConfig(name="cnn", cnn_channels=[4, 8])
+    if name == "mlp-small":
+        return ModelConfig(name="mlp", hidden_sizes=[16])
+    return ModelConfig(name="minilm", bert_layers=2, bert_trainable="all-but-embeddings")
 
 
 def build_model(

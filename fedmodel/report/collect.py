@@ -78,6 +78,7 @@ from fedmodel.report.signed import (
     signed_policies,
     spends_past_cap_in_force,
 )
+from fedmodel.report.students import read_students
 
 DEFAULT_DELTA = 1e-5  # DPConfig's default, for a client that never trained and a run without dp
 HISTORY_REJECTED = "ledger-history"  # the row reason of a reply whose ledger entries were refused
@@ -118,6 +119,7 @@ def collect_report(
     privacy, privacy_warnings = read_privacy_audit(
         run_dir, records.run_id, records.info.get("model_hash"), clients
     )
+    students, student_warnings = read_students(run_dir, records.info.get("model_hash"))
     return Report(
         schema_version=SCHEMA_VERSION,
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -138,7 +140,8 @@ def collect_report(
         + history_warnings(rows, evals)
         + central_dp_warnings(records, central)
         + audit_warnings(audit)
-        + privacy_warnings,
+        + privacy_warnings
+        + student_warnings,
         threat_model=threat_model_sections(transport, central),
         dpia=dpia_sections(run, transport, central, clients, accountant),
         audit=audit,
@@ -146,6 +149,7 @@ def collect_report(
         evaluation=evaluation,
         coverage=coverage_section(clients, accountant, evaluation),
         data=data_section(records.info),
+        students=students,
     )
 
 

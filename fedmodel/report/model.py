@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 # 2: caps from signed policy entries (cap.entry, cap_status, policy), steps = DP-SGD steps of
-# this run, released values, delta flags, evaluation, coverage; 3: data (declared task, site-fitted)
-SCHEMA_VERSION = "3"
+# this run, released values, delta flags, evaluation, coverage; 3: data (declared task,
+# site-fitted); 4: students (models distilled from the final one: accuracy, size, speed)
+SCHEMA_VERSION = "4"
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,34 @@ class AuditSummary:
 
 
 @dataclass(frozen=True)
+class StudentModel:
+    """A student distilled from the final model (``RUN_DIR/students/NAME``), as recorded.
+
+    Accuracies are on the same evaluation rows (``None``: unlabelled public rows), disjoint from
+    the ``distill_rows`` it learned from; sizes are parameters and weights-file bytes, speed CPU
+    milliseconds per batch of ``batch_size``, each beside the teacher's.
+    """
+
+    name: str
+    architecture: str
+    public_data: str
+    distill_rows: int
+    eval_rows: int
+    accuracy: float | None
+    teacher_accuracy: float | None
+    agreement: float
+    parameters: int
+    teacher_parameters: int
+    bytes_on_disk: int
+    teacher_bytes_on_disk: int
+    ms_per_batch: float
+    teacher_ms_per_batch: float
+    batch_size: int
+    matches_model: bool  # taught by this run's final model (weights digest)
+    privacy: str
+
+
+@dataclass(frozen=True)
 class Section:
     """A block of prose: a heading, paragraphs and bullet points, rendered by HTML and PDF alike."""
 
@@ -293,6 +322,7 @@ class Report:
     evaluation: Evaluation | None = None
     coverage: Section | None = None  # what DP covers, at which delta, by which accountant
     data: Section | None = None  # the declared task and what each site fitted on its own rows
+    students: list[StudentModel] = field(default_factory=list)  # distilled from the final model
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy; dataclasses become dicts, nothing is rounded."""

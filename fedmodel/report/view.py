@@ -87,6 +87,7 @@ def document(report: Report) -> list[Block]:
         *evaluation_blocks(report),
         Plot("accuracy", "Accuracy of the aggregated model after each round."),
         rounds_table(report),
+        *([students_table(report)] if report.students else []),
         Heading("5. Transport, aggregation and threat model", "transport"),
         transport_table(report),
         *report.threat_model,
@@ -523,6 +524,40 @@ def rounds_table(report: Report) -> Table:
         note="Federated columns: the sites' noised evaluation counts summed by the server."
         if federated
         else "",
+    )
+
+
+def students_table(report: Report) -> Table:
+    """Each distilled student beside its teacher: accuracy, agreement, size, speed."""
+    rows = [
+        [
+            f"{s.name} ({s.architecture})",
+            f"{fmt.pct(s.accuracy)} / {fmt.pct(s.teacher_accuracy)}",
+            fmt.pct(s.agreement),
+            f"{s.parameters:,} / {s.teacher_parameters:,}",
+            f"{s.bytes_on_disk:,} / {s.teacher_bytes_on_disk:,}",
+            f"{s.ms_per_batch:.2f} / {s.teacher_ms_per_batch:.2f}",
+            f"{s.distill_rows:,} / {s.eval_rows:,}",
+        ]
+        for s in report.students
+    ]
+    first = report.students[0]
+    return Table(
+        title="Distilled students (student / teacher)",
+        header=[
+            "Student",
+            "Accuracy",
+            "Agreement",
+            "Parameters",
+            "Bytes",
+            f"CPU ms / batch of {first.batch_size}",
+            "Rows learned / evaluated",
+        ],
+        rows=rows,
+        note=f"Trained on the final model's soft labels over {first.public_data}; accuracy and "
+        "agreement with the teacher on public rows disjoint from those it learned from. "
+        f"{first.privacy[:1].upper()}{first.privacy[1:]}.",
+        flagged=[i for i, s in enumerate(report.students) if not s.matches_model],
     )
 
 

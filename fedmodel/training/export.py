@@ -20,6 +20,22 @@ from fedmodel.training.checkpoint import load_weights, save_weights
 from fedmodel.training.errors import TrainingError
 
 WEIGHTS_NAME = "model.safetensors"
+RUN_MODEL_DIR = "model"
+
+
+def model_dir_of(path: str | Path) -> Path:
+    """The model folder ``path`` names: a run folder's ``model/``, or a model folder itself.
+
+    A folder holding neither is a ``TrainingError`` naming it, so every command that takes a
+    run folder fails the same one-line way on a run that exported no model.
+    """
+    given = Path(path)
+    for candidate in (given / RUN_MODEL_DIR, given):
+        if (candidate / WEIGHTS_NAME).is_file():
+            return candidate
+    raise TrainingError(
+        f"{given}: no exported model ({RUN_MODEL_DIR}/{WEIGHTS_NAME}); did the run finish?"
+    )
 
 
 def export_model(
@@ -49,7 +65,11 @@ def export_model(
 
 
 def load_exported(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the exported model (eval mode, CPU) and return it with its sidecar."""
+    """Rebuild the exported model (eval mode, CPU) and return it with its sidecar.
+
+    An int8 copy (``fedmodel export --quantize int8``, :mod:`fedmodel.training.quantize`) is
+    rebuilt the same way, quantised, and loaded with its int8 weights.
+    """
     directory = Path(model_dir)
     weights = directory / WEIGHTS_NAME if directory.is_dir() else directory
     state, meta = load_weights(weights)
@@ -60,6 +80,10 @@ def load_exported(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except (KeyError, TypeError, ValueError, ValidationError) as err:
         raise TrainingError(f"{weights}: sidecar lacks a valid model description: {err}") from None
     model = build_model(cfg, input_shape, num_classes, factory_sha256=cfg.factory_sha256)
+    if "quantization" in meta:  # an int8 copy: quantise the rebuilt model, then load (CPU only)
+        from fedmodel.training.quantize import load_quantized_state
+
+        return load_quantized_state(model, meta, state, str(weights)), meta
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
