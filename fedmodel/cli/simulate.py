@@ -31,6 +31,10 @@ def simulate(
     resume: Annotated[
         Path | None, typer.Option(help="continue RUN_DIR from its last checkpoint")
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="join this Ray cluster (HOST:PORT) instead of a private local one"),
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="show Flower and Ray logs")] = False,
 ) -> None:
     """Run a federated DP scenario and write its run folder."""
@@ -76,7 +80,7 @@ def simulate(
                 progress.console.print(line, markup=False, highlight=False)
 
         settings.on_round = on_round
-        run_dir = run(settings, verbose=verbose)
+        run_dir = run(settings, verbose=verbose, ray_address=ray_address)
     console.print(_summary_table(run_dir))
     for line in idle_round_warnings(run_dir):
         console.print(f"[yellow]warning:[/yellow] {line}")
