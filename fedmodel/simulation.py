@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmodel.errors import FedmodelError
-from fedmodel.ray_backend import backend_config
+from fedmodel.ray_backend import LOOPBACK_ENV, backend_config, use_loopback
 from server.federation import RoundCallback, ServerSettings, central_accountant
 from server.records import RunRecorder, latest_checkpoint
 
@@ -33,6 +33,7 @@ FLOWER_ENV = {
 # purpose for now (docs/flower.md, "Why not `flwr run` underneath yet", with measurements), so
 # the notice is dropped here, for that one message only; every other Flower warning still shows.
 RUN_SIMULATION_DEPRECATION = "The `run_simulation` function is deprecated"
+log = logging.getLogger(__name__)
 
 
 class SimulationError(FedmodelError):
@@ -68,6 +69,9 @@ def simulate(
     backend = backend_config(  # a bad address or a GPU share without a GPU: before any file
         fed, verbose=verbose, address=ray_address, cpu_count=fed.ray_num_cpus or os.cpu_count() or 1
     )
+    if ray_address is None and not use_loopback():
+        log.warning("ray was imported before %s was set: this run's Ray listens on the "
+                    "machine's address, not only 127.0.0.1", LOOPBACK_ENV)  # fmt: skip
     settings.sim_nodes_dir = settings.sim_nodes_dir or settings.run_dir / "nodes"
     prepare_sim_nodes(settings.sim_nodes_dir, settings.scenario)
     _run_engine(settings, backend, verbose=verbose)

@@ -38,6 +38,7 @@ def simulate(
     verbose: Annotated[bool, typer.Option(help="show Flower and Ray logs")] = False,
 ) -> None:
     """Run a federated DP scenario and write its run folder."""
+    from fedmodel.ray_backend import parse_ray_address
     from fedmodel.simulation import simulate as run
     from server.federation import ServerSettings, central_accountant, resume_settings
 
@@ -67,6 +68,8 @@ def simulate(
         settings = ServerSettings(scenario=cfg, run_dir=out or Path("runs") / f"{cfg.name}-{stamp}")
     settings.run_dir = settings.run_dir.resolve()
     central_accountant(settings)  # an over-budget central-DP run: one line, before any display
+    if ray_address is not None:
+        ray_address = parse_ray_address(ray_address)
     with _progress(console) as progress:
         task = progress.add_task("rounds", total=settings.scenario.federation.rounds)
 

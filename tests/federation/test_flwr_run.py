@@ -67,21 +67,34 @@ def superlink(flwr_home, monkeypatch):
         log.close()
 
 
-def test_flwr_run_dot_runs_the_apps(superlink, tmp_path):
-    scenario = tmp_path / "scenario.toml"
-    scenario.write_text(scenario_to_toml(small_tabular("fedavg")))
-    out = tmp_path / "runs"
-    run_config = f"scenario='{scenario}' num-server-rounds=2 num-clients=2 out-dir='{out}'"
-    result = subprocess.run(
+def _flwr_run(superlink: str, run_config: str, supernodes: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [BIN / "flwr", "run", ".", superlink, "--stream", "--run-config", run_config,
-         "--federation-config", "num-supernodes=2 client-resources-num-cpus=1"],
+         "--federation-config", f"num-supernodes={supernodes} client-resources-num-cpus=1"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
+
+
+def test_flwr_run_dot_runs_the_apps_on_the_federations_nodes(superlink, tmp_path):
+    """One SuperLink, two runs: a run config asking for more sites than the federation has
+    fails at once naming the ``num-supernodes`` to use; without ``num-clients`` the scenario
+    runs on the federation's own SuperNodes (2 here, Flower's local default)."""
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(scenario_to_toml(small_tabular("fedavg", clients=3)))
+    out = tmp_path / "runs"
+    start = time.monotonic()
+    refused = _flwr_run(superlink, f"scenario='{scenario}' num-clients=3 out-dir='{out}'", 2)
+    output = refused.stdout + refused.stderr
+    assert "num-supernodes=3" in output, output[-3000:]
+    assert time.monotonic() - start < 120  # not "Waiting for nodes to connect" until killed
+
+    run_config = f"scenario='{scenario}' num-server-rounds=2 out-dir='{out}'"
+    result = _flwr_run(superlink, run_config, 2)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (run_dir,) = out.iterdir()
+    (run_dir,) = [d for d in out.iterdir() if (d / "run.json").is_file()]
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "finished"
     rounds = read_metrics(run_dir)
     assert [r["round"] for r in rounds] == [0, 1, 2]
-    assert all(c["status"] == "ok" for c in rounds[2]["clients"])
+    assert [c["status"] for c in rounds[2]["clients"]] == ["ok", "ok"]  # the 2 SuperNodes
     assert rounds[2]["clients"][0]["ledger_head"]["count"] == 4  # policy, spend, commit, spend
