@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -101,8 +102,10 @@ def ray_head():
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow  # 99 s at load average 20-30 on 2 cores; the three tests above are the quick ones
 def test_a_simulation_joins_an_existing_ray_cluster(ray_head, tmp_path):
     address, temp = ray_head
     run_dir = run(small_tabular("fedavg"), tmp_path / "run", ray_address=address)
