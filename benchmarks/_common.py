@@ -105,12 +105,20 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def tree_rss_bytes(root: int) -> int:
-    """RSS summed over ``root`` and every descendant (Ray's GCS, raylet and workers included)."""
-    tree, stack, total = _children(), [root], 0
+def tree_pids(root: int) -> list[int]:
+    """``root`` and every descendant process, ``root`` first."""
+    tree, stack, pids = _children(), [root], []
     while stack:
         pid = stack.pop()
+        pids.append(pid)
         stack.extend(tree.get(pid, []))
+    return pids
+
+
+def tree_rss_bytes(root: int) -> int:
+    """RSS summed over ``root`` and every descendant (Ray's GCS, raylet and workers included)."""
+    total = 0
+    for pid in tree_pids(root):
         try:
             with open(f"/proc/{pid}/status") as fh:
                 for line in fh:
@@ -120,6 +128,38 @@ def tree_rss_bytes(root: int) -> int:
         except OSError:
             continue
     return total
+
+
+def tree_listeners(root: int) -> list[str]:
+    """``host:port`` of every TCP socket the process tree listens on (IPv4 and IPv6), from
+    /proc: what another machine could try to reach."""
+    inodes: set[str] = set()
+    for pid in tree_pids(root):
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        inodes |= {link[8:-1] for link in links if link.startswith("socket:[")}
+    found = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        with open(table) as fh:
+            rows = [line.split() for line in fh.readlines()[1:]]
+        for row in rows:
+            if row[3] == "0A" and row[9] in inodes:  # 0A: LISTEN
+                host, port = row[1].split(":")
+                found.append(f"{_proc_ip(host, width)}:{int(port, 16)}")
+    return sorted(set(found))
+
+
+def _proc_ip(hex_ip: str, width: int) -> str:
+    """/proc/net's little-endian hex address as text (IPv4-mapped IPv6 as its IPv4)."""
+    import ipaddress
+
+    raw = bytes.fromhex(hex_ip)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    ip = ipaddress.ip_address(words if width == 32 else raw[::-1])
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
 
 
 class Sampler:

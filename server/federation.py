@@ -142,6 +142,7 @@ def run_federation(grid: Grid, settings: ServerSettings) -> Path:
         max_update_norm=scenario.strategy.max_update_norm,
         sim_nodes_dir=sim_dir,
         last_round=scenario.federation.rounds,
+        federated_evaluation=scenario.evaluation.federated,
         evaluate_last_only=scenario.evaluation.federated_rounds == "last",
         roster=roster,
     )
@@ -173,7 +174,6 @@ def _strategy(scenario: ScenarioConfig, accountant: RdpAccountant | None) -> Str
         scenario.strategy,
         num_clients,
         weighted_by_key=wire.UNIT_WEIGHT,
-        federated_evaluation=scenario.evaluation.federated,
     )
     if accountant is None:
         return inner

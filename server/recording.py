@@ -140,6 +140,7 @@ class RecordingStrategy(Strategy):
         max_update_norm: float | str | None = "auto",
         sim_nodes_dir: str | None = None,
         last_round: int = 0,
+        federated_evaluation: bool = True,
         evaluate_last_only: bool = False,
         roster: SiteRoster | None = None,
     ) -> None:
@@ -152,6 +153,7 @@ class RecordingStrategy(Strategy):
         self.traffic = traffic
         self.sim_nodes_dir = sim_nodes_dir
         self.last_round = last_round
+        self.federated_evaluation = federated_evaluation
         self.evaluate_last_only = evaluate_last_only
         self.pending_rows: dict[int, list[dict[str, Any]]] = {}
         self.pending_eval: dict[int, dict[str, Any]] = {}
@@ -199,9 +201,10 @@ class RecordingStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Federated evaluation requests, signed like training ones (task ``evaluate``)."""
+        """Federated evaluation requests, signed like training ones (task ``evaluate``); none when
+        the run does not evaluate at the sites, or not in this round."""
         rnd = server_round + self.round_offset
-        if self.evaluate_last_only and rnd != self.last_round:
+        if not self.federated_evaluation or (self.evaluate_last_only and rnd != self.last_round):
             return []
         messages = self.inner.configure_evaluate(rnd, arrays, config, grid)
         signed = list(

@@ -20,10 +20,12 @@ def build_strategy(
     num_clients: int,
     *,
     weighted_by_key: str | None = None,
-    federated_evaluation: bool = False,
 ) -> Strategy:
-    """Flower strategy for ``cfg``. Sites evaluate only when the run evaluates federated (they
-    then release noised counts, ``clients/evaluate_round.py``).
+    """Flower strategy for ``cfg``.
+
+    Whether sites evaluate (releasing noised counts, ``clients/evaluate_round.py``) is decided
+    by the wrapper that drives every run (``RecordingStrategy(federated_evaluation=...)``), not
+    by ``fraction_evaluate = 0``: Flower warns about a zero fraction on every strategy it builds.
 
     ``weighted_by_key`` replaces FedAvg's ``num-examples`` weighting (every site weighs once;
     ``server.wire.weigh_uniformly``).
@@ -31,7 +33,7 @@ def build_strategy(
     min_nodes = cfg.min_nodes(num_clients)
     common: dict = {
         "fraction_train": cfg.fraction_train,
-        "fraction_evaluate": 1.0 if federated_evaluation else 0.0,
+        "fraction_evaluate": 1.0,  # every site, in the rounds the wrapper asks them to
         "min_train_nodes": min_nodes,
         "min_evaluate_nodes": min_nodes,
         "min_available_nodes": min_nodes,

@@ -31,9 +31,14 @@ def simulate(
     resume: Annotated[
         Path | None, typer.Option(help="continue RUN_DIR from its last checkpoint")
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="join this Ray cluster (HOST:PORT) instead of a private local one"),
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="show Flower and Ray logs")] = False,
 ) -> None:
     """Run a federated DP scenario and write its run folder."""
+    from fedmodel.ray_backend import parse_ray_address
     from fedmodel.simulation import simulate as run
     from server.federation import ServerSettings, central_accountant, resume_settings
 
@@ -63,6 +68,8 @@ def simulate(
         settings = ServerSettings(scenario=cfg, run_dir=out or Path("runs") / f"{cfg.name}-{stamp}")
     settings.run_dir = settings.run_dir.resolve()
     central_accountant(settings)  # an over-budget central-DP run: one line, before any display
+    if ray_address is not None:
+        ray_address = parse_ray_address(ray_address)
     with _progress(console) as progress:
         task = progress.add_task("rounds", total=settings.scenario.federation.rounds)
 
@@ -76,7 +83,7 @@ def simulate(
                 progress.console.print(line, markup=False, highlight=False)
 
         settings.on_round = on_round
-        run_dir = run(settings, verbose=verbose)
+        run_dir = run(settings, verbose=verbose, ray_address=ray_address)
     console.print(_summary_table(run_dir))
     for line in idle_round_warnings(run_dir):
         console.print(f"[yellow]warning:[/yellow] {line}")

@@ -38,5 +38,6 @@ def small_tabular(strategy: str, clients: int = 2) -> ScenarioConfig:
     return tiny_tabular(f"tabular-{strategy}", clients, "test", overrides)
 
 
-def run(cfg: ScenarioConfig, run_dir: Path, **kwargs) -> Path:
-    return simulate(ServerSettings(scenario=cfg, run_dir=run_dir, **kwargs))
+def run(cfg: ScenarioConfig, run_dir: Path, *, ray_address: str | None = None, **kwargs) -> Path:
+    settings = ServerSettings(scenario=cfg, run_dir=run_dir, **kwargs)
+    return simulate(settings, ray_address=ray_address)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from fedmodel.scenarios import scenario_to_toml
+from fedmodel.config import ConfigError
+from fedmodel.scenarios import load_scenario, scenario_to_toml
 from server.records import read_metrics
+from server.server_app import fit_to_federation
 from tests.federation.helpers import small_tabular
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,21 +69,65 @@ def superlink(flwr_home, monkeypatch):
         log.close()
 
 
-def test_flwr_run_dot_runs_the_apps(superlink, tmp_path):
-    scenario = tmp_path / "scenario.toml"
-    scenario.write_text(scenario_to_toml(small_tabular("fedavg")))
-    out = tmp_path / "runs"
-    run_config = f"scenario='{scenario}' num-server-rounds=2 num-clients=2 out-dir='{out}'"
-    result = subprocess.run(
+def _flwr_run(superlink: str, run_config: str, supernodes: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [BIN / "flwr", "run", ".", superlink, "--stream", "--run-config", run_config,
-         "--federation-config", "num-supernodes=2 client-resources-num-cpus=1"],
+         "--federation-config", f"num-supernodes={supernodes} client-resources-num-cpus=1"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
+
+
+def test_flwr_run_dot_runs_the_apps_on_the_federations_nodes(superlink, tmp_path):
+    """Without ``num-clients`` the scenario (3 sites in its file) runs on the federation's own
+    SuperNodes: 2 here, Flower's local default."""
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(scenario_to_toml(small_tabular("fedavg", clients=3)))
+    out = tmp_path / "runs"
+    run_config = f"scenario='{scenario}' num-server-rounds=2 out-dir='{out}'"
+    result = _flwr_run(superlink, run_config, 2)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run_dir,) = out.iterdir()
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "finished"
     rounds = read_metrics(run_dir)
     assert [r["round"] for r in rounds] == [0, 1, 2]
-    assert all(c["status"] == "ok" for c in rounds[2]["clients"])
+    assert [c["status"] for c in rounds[2]["clients"]] == ["ok", "ok"]  # the 2 SuperNodes
     assert rounds[2]["clients"][0]["ledger_head"]["count"] == 4  # policy, spend, commit, spend
+
+
+@pytest.mark.slow  # 58 s at load average 10-16 on 2 cores: a whole flwr-simulation start-up
+def test_flwr_run_asking_more_sites_than_the_federation_has_stops_at_once(superlink, tmp_path):
+    """Was: ``Waiting for nodes to connect: 2 connected (minimum required: 3)`` until killed."""
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(scenario_to_toml(small_tabular("fedavg")))
+    start = time.monotonic()
+    refused = _flwr_run(superlink, f"scenario='{scenario}' num-clients=3", 2)
+    output = refused.stdout + refused.stderr
+    assert "--federation-config num-supernodes=3" in output, output[-3000:]
+    assert time.monotonic() - start < 180
+
+
+@pytest.mark.parametrize(
+    ("scenario", "asked", "nodes", "expected"),
+    [
+        ("tiny", 0, 2, 2),  # the federation's size
+        ("tiny", 2, 2, 2),
+        ("tiny", 3, 2, "run config num-clients=3 needs 3 sites, but this federation has 2 "
+                       "SuperNodes: run `flwr run . --federation-config num-supernodes=3`"),
+        ("heart-hospitals", 0, 2, "scenario 'heart-hospitals' needs 4 sites, but this "
+                                  "federation has 2 SuperNodes"),  # its 4 hospitals
+        ("heart-hospitals", 0, 4, 4),
+    ],
+)  # fmt: skip
+def test_the_scenario_fits_the_federation_or_names_the_size_to_use(
+    scenario, asked, nodes, expected
+):
+    cfg = small_tabular("fedavg", clients=3) if scenario == "tiny" else load_scenario(scenario)
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError) as err:
+            fit_to_federation(cfg, asked, nodes)
+        assert str(err.value).startswith(expected)
+        return
+    fitted = fit_to_federation(cfg, asked, nodes)
+    assert fitted.federation.num_clients == expected
+    assert fitted.strategy.min_nodes(expected) <= expected
