@@ -155,3 +155,16 @@ def test_the_site_decides():
     assert not own.resolve(asked).active  # refuses it: plain weights
     slow_link = SiteCompression(follow_request=False, method="int4", top_k=0.25)
     assert slow_link.resolve(CompressionConfig()).describe() == "int4+top-k 0.25"
+
+
+def test_the_cli_refuses_compression_before_the_noise(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedmodel.cli.main import app as cli
+
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('[compression]\nmethod = "int8"\nstage = "before-noise"\n')
+    result = CliRunner().invoke(cli, ["simulate", str(scenario), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "compression.stage" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,222 @@
+"""Bytes per round and final accuracy with no update compression, int8 and int4 (DP on).
+
+Real Flower simulations, 10 clients, DP-SGD at the scenario's epsilon, signed (unsealed)
+updates: ``mnist-cnn`` (the whole CNN trains) and ``text-minilm`` with its top encoder layer
+trainable (``bert_trainable = "top-k"``, k = 1; rows limited so it finishes on 2 cores). Each
+(model, seed) runs the three codings back to back, so load changes hit all three alike; the
+seed is ``train.seed`` (the initial model); every run's DP noise is a fresh draw (each spend's
+seed comes from the site's key and the request), so accuracies are compared as means over seeds.
+
+Bytes are what the server received: each accepted reply envelope's size (``bytes_sent`` in
+metrics.jsonl), summed over the sites of a round and averaged over rounds. MiniLM's plain reply
+also carries its frozen 5-layer trunk (~86 MB) every round, which a coded reply leaves out
+(an all-zero update tensor is not sent), so for MiniLM the ratio is also given against the plain
+reply minus the frozen tensors' bytes (``bytes_ratio_trainable``); the headline uses that one.
+
+Usage: ``python benchmarks/compression.py [--models mnist,minilm] [--seeds 2]``. Writes
+``benchmarks/results/compression.json``: the headline ``int8_bytes_ratio``,
+``int8_accuracy_drop``, ``int4_*`` (worst over models: smallest ratio, largest drop, in points),
+per-model details and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import RESULTS_DIR, fresh_run_dir, machine, print_table, quiet_env, run_summary
+
+RESULTS = RESULTS_DIR / "compression.json"
+CODINGS = ("none", "int8", "int4")
+GOAL = {"int8_bytes_ratio": 3.5, "int8_accuracy_drop": 0.5}
+MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "mnist-cnn": ("mnist-cnn", {}),
+    "minilm-top1": (
+        "text-minilm",
+        {
+            "model.bert_trainable": "top-k",
+            "model.bert_top_k": 1,
+            "data.train_limit": 1000,
+            "data.test_limit": 500,
+            "train.epochs": 2,
+            "train.batch_size": 64,
+            "optimizer.lr": 0.5,
+            "federation.rounds": 2,
+            "strategy.min_train_nodes": 10,
+        },
+    ),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--models", default=",".join(MODELS), help="comma-separated: " + ",".join(MODELS)
+    )
+    p.add_argument("--seeds", type=int, default=2, help="train.seed 0..N-1 per model")
+    p.add_argument("--clients", type=int, default=10)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    return p.parse_args(argv)
+
+
+def scenario(model: str, coding: str, seed: int, clients: int):
+    from fedmodel.scenarios import apply_overrides, load_scenario
+
+    name, overrides = MODELS[model]
+    return apply_overrides(
+        load_scenario(name),
+        {
+            "federation.num_clients": clients,
+            **overrides,
+            "train.seed": seed,
+            "compression.method": coding,
+        },
+        "benchmark",
+    )
+
+
+def one_run(model: str, coding: str, seed: int, clients: int, cache: Path) -> dict[str, Any]:
+    """One simulation; the sites' and the server's frozen-trunk caches are shared across runs
+    (the trunk outputs of the same rows are the same in every run)."""
+    from fedmodel.node_config import NODE_FILE
+    from fedmodel.sim_nodes import prepare_sim_nodes
+    from fedmodel.simulation import simulate
+    from server.federation import ServerSettings
+
+    cfg = scenario(model, coding, seed, clients)
+    run_dir = fresh_run_dir(f"compression-{model}-{coding}")
+    nodes = run_dir / "nodes"
+    for folder in prepare_sim_nodes(nodes, cfg):
+        node_file = folder / NODE_FILE
+        text = node_file.read_text()
+        assert 'cache_dir = "cache"' in text, node_file
+        shared = cache / folder.name
+        node_file.write_text(text.replace('cache_dir = "cache"', f'cache_dir = "{shared}"'))
+    started = time.perf_counter()
+    settings = ServerSettings(scenario=cfg, run_dir=run_dir, sim_nodes_dir=nodes, cache_dir=cache)
+    simulate(settings)
+    summary = run_summary(run_dir)
+    per_round = round_bytes(run_dir)
+    return {
+        "coding": coding,
+        "seed": seed,
+        "accuracy": summary["accuracy"],
+        "curve": summary["curve"],
+        "epsilon": summary["epsilon"],
+        "client_replies": summary["client_replies"],
+        "bytes_per_round": statistics.mean(per_round) if per_round else None,
+        "bytes_by_round": per_round,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "load_1m_after": round(os.getloadavg()[0], 2),
+        "run_dir": str(run_dir),
+    }
+
+
+def round_bytes(run_dir: Path) -> list[int]:
+    """Bytes the server received per round: the accepted replies' envelopes, summed."""
+    from server.records import read_metrics
+
+    out = []
+    for row in read_metrics(run_dir):
+        sizes = [c["bytes_sent"] for c in row.get("clients", []) if c.get("status") == "ok"]
+        if sizes:
+            out.append(sum(int(s) for s in sizes))
+    return out
+
+
+def frozen_bytes(model: str) -> int:
+    """Bytes of the model's frozen float parameters (what a coded reply leaves out)."""
+    from fedmodel.data.local import model_io
+    from fedmodel.models import build_model
+
+    cfg = scenario(model, "none", 0, 10)
+    shape, classes = model_io(cfg)
+    net = build_model(cfg.model, shape, classes, seed=0)
+    return sum(p.numel() * p.element_size() for p in net.parameters() if not p.requires_grad)
+
+
+def summarise(model: str, runs: list[dict[str, Any]], clients: int) -> dict[str, Any]:
+    """Means over seeds per coding, and each coding against no compression."""
+    by = {c: [r for r in runs if r["coding"] == c] for c in CODINGS}
+    acc = {c: statistics.mean(100 * r["accuracy"] for r in rs) for c, rs in by.items()}
+    size = {c: statistics.mean(r["bytes_per_round"] for r in rs) for c, rs in by.items()}
+    frozen = frozen_bytes(model)
+    plain_trainable = size["none"] - clients * frozen
+    out: dict[str, Any] = {"frozen_bytes_per_reply": frozen}
+    for c in CODINGS:
+        out[c] = {"accuracy_pct_mean": round(acc[c], 3), "bytes_per_round_mean": round(size[c])}
+        out[c]["accuracy_pct_by_seed"] = [round(100 * r["accuracy"], 2) for r in by[c]]
+        if c != "none":
+            out[c]["bytes_ratio"] = round(size["none"] / size[c], 3)
+            out[c]["bytes_ratio_trainable"] = round(plain_trainable / size[c], 3)
+            out[c]["accuracy_drop_points"] = round(acc["none"] - acc[c], 3)
+    spread = [100 * r["accuracy"] for r in by["none"]]
+    out["none_accuracy_spread_points"] = round(max(spread) - min(spread), 3) if spread else None
+    out["runs"] = runs
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    quiet_env()
+    from fedmodel.io import atomic_write_json
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    cache = fresh_run_dir("compression-cache")
+    details = previous_models(args.out)  # models measured in an earlier invocation stay
+    for model in models:
+        load_start = os.getloadavg()
+        runs = [
+            one_run(model, coding, seed, args.clients, cache)
+            for seed in range(args.seeds)
+            for coding in CODINGS
+        ]
+        details[model] = summarise(model, runs, args.clients)
+        details[model] |= {"seeds": args.seeds, "clients": args.clients}
+        details[model]["load_average"] = {"start": load_start, "end": os.getloadavg()}
+    result = headline(details)
+    result |= {"goal": GOAL, "models": details, "machine": machine()}
+    atomic_write_json(args.out, result)
+    print_table(
+        ["model", "coding", "bytes/round", "ratio", "ratio (trainable)", "accuracy %", "drop pts"],
+        [
+            [m, c, d[c]["bytes_per_round_mean"], d[c].get("bytes_ratio", "—"),
+             d[c].get("bytes_ratio_trainable", "—"), d[c]["accuracy_pct_mean"],
+             d[c].get("accuracy_drop_points", "—")]
+            for m, d in details.items()
+            for c in CODINGS
+        ],
+    )  # fmt: skip
+    for m in models:
+        print(f"{m}: load average (1, 5, 15 min) {details[m]['load_average']}")
+    print(f"wrote {args.out}")
+    return result
+
+
+def previous_models(path: Path) -> dict[str, Any]:
+    """The per-model details already in the results file (one model per invocation fits a
+    shared machine's quiet spells better than both at once)."""
+    import json
+
+    if not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text()).get("models", {}))
+
+
+def headline(details: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Worst over models: the smallest bytes ratio (trainable basis) and the largest drop."""
+    out: dict[str, Any] = {}
+    for c in ("int8", "int4"):
+        out[f"{c}_bytes_ratio"] = min(
+            min(d[c]["bytes_ratio"], d[c]["bytes_ratio_trainable"]) for d in details.values()
+        )
+        out[f"{c}_accuracy_drop"] = max(d[c]["accuracy_drop_points"] for d in details.values())
+    return out
+
+
+if __name__ == "__main__":
+    main()
