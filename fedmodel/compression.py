@@ -20,9 +20,12 @@ Encoding, per floating-point tensor of the update ``d = trained - reference``:
   and ``|q s - d| < s``. int4 codes are packed two per byte.
 * ``none`` (with ``top_k``): the kept values as float32.
 
-Non-floating tensors (integer buffers) are sent as they are. The scales, kinds and counts
-travel in one JSON tensor (:data:`META_TENSOR`) inside the same signed, possibly sealed,
-payload (:func:`server.wire.update_payload`), so the relay can change none of it.
+Non-floating tensors (integer buffers) are sent as they are. The coded values of all tensors
+travel back to back in one flat tensor (:data:`CODES_TENSOR`), with one float64 scale per tensor
+(:data:`SCALES_TENSOR`) and the top-k indices (:data:`INDEX_TENSOR`): one safetensors header
+entry each instead of one per layer, which matters for a small model. Names, kinds and counts
+travel in one compact JSON tensor (:data:`META_TENSOR`). All of it is inside the same signed,
+possibly sealed, payload (:func:`server.wire.update_payload`), so the relay can change none of it.
 """
 
 from __future__ import annotations
@@ -39,12 +42,14 @@ from torch import Tensor
 from fedmodel.config import CompressionConfig
 from fedmodel.errors import FedmodelError
 
-META_TENSOR = "__fedmodel_compression__"  # a dunder name cannot collide with a parameter
-INDEX_PREFIX = "__fedmodel_topk__/"  # top-k indices of tensor NAME: INDEX_PREFIX + NAME
+META_TENSOR = "__fedmodel_compression__"  # dunder names cannot collide with a parameter
+CODES_TENSOR = "__fedmodel_codes__"  # every coded tensor's values, back to back
+SCALES_TENSOR = "__fedmodel_scales__"  # float64, one per coded tensor (int8/int4)
+INDEX_TENSOR = "__fedmodel_topk__"  # int32 top-k indices, back to back
 LEVELS = {"int8": 127, "int4": 7}
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_META_BYTES = 4 * 2**20  # one small record per tensor; anything larger is refused unread
-SAME, RAW, CODED = "same", "raw", "coded"
+SAME, RAW, CODED = "s", "r", "c"
 
 
 class CompressionError(FedmodelError):
@@ -57,53 +62,64 @@ def compress_update(
     cfg: CompressionConfig,
     seed: int,
 ) -> dict[str, Tensor]:
-    """The tensors a site puts in its payload instead of ``trained``: coded noised updates plus
+    """The tensors a site puts in its payload instead of ``trained``: the coded noised update,
+    packed into a few flat tensors (one safetensors header entry each, not one per layer), and
     the :data:`META_TENSOR` record. ``reference``: the weights training started from."""
     generator = torch.Generator().manual_seed(seed)
     out: dict[str, Tensor] = {}
-    entries: dict[str, dict[str, Any]] = {}
+    entries: list[list[Any]] = []
+    values: list[Tensor] = []
+    indices: list[Tensor] = []
     for name, tensor in trained.items():
-        entries[name] = _encode_one(name, tensor, reference[name], cfg, generator, out)
-    meta = {
-        "version": FORMAT_VERSION,
-        "method": cfg.method,
-        "top_k": cfg.top_k,
-        "stage": cfg.stage,
-        "tensors": entries,
-    }
-    out[META_TENSOR] = torch.frombuffer(bytearray(json.dumps(meta).encode()), dtype=torch.uint8)
+        kind, kept, index = _select(tensor, reference[name], cfg)
+        entries.append([name, kind, 0 if kept is None else int(kept.numel())])
+        if kind == RAW:
+            out[name] = tensor.detach().cpu().contiguous()
+        if kept is not None:
+            values.append(kept)
+        if index is not None:
+            indices.append(index)
+    out |= _packed(values, indices, cfg, generator)
+    meta = {"v": FORMAT_VERSION, "method": cfg.method, "top_k": cfg.top_k, "stage": cfg.stage}
+    meta["tensors"] = entries
+    record = json.dumps(meta, separators=(",", ":")).encode()
+    out[META_TENSOR] = torch.frombuffer(bytearray(record), dtype=torch.uint8)
     return out
 
 
-def _encode_one(
-    name: str,
-    tensor: Tensor,
-    base: Tensor,
-    cfg: CompressionConfig,
-    generator: torch.Generator,
-    out: dict[str, Tensor],
-) -> dict[str, Any]:
-    """Write tensor ``name``'s code into ``out``; return its metadata."""
+def _select(
+    tensor: Tensor, base: Tensor, cfg: CompressionConfig
+) -> tuple[str, Tensor | None, Tensor | None]:
+    """(kind, the update values to code, their top-k indices) of one tensor."""
     if not tensor.is_floating_point():
-        out[name] = tensor.detach().cpu().contiguous()
-        return {"kind": RAW}
+        return RAW, None, None
     delta = (tensor.detach().cpu().float() - base.detach().cpu().float()).flatten()
     if not bool(delta.any()):
-        return {"kind": SAME}
-    values = delta
-    if cfg.top_k is not None:
-        k = max(1, math.ceil(cfg.top_k * delta.numel()))
-        index = torch.topk(delta.abs(), k, sorted=False).indices.sort().values
-        values = delta[index]
-        out[INDEX_PREFIX + name] = index.to(torch.int32)
-    entry: dict[str, Any] = {"kind": CODED, "count": int(values.numel())}
+        return SAME, None, None
+    if cfg.top_k is None:
+        return CODED, delta, None
+    k = max(1, math.ceil(cfg.top_k * delta.numel()))
+    index = torch.topk(delta.abs(), k, sorted=False).indices.sort().values
+    return CODED, delta[index], index.to(torch.int32)
+
+
+def _packed(
+    values: list[Tensor], indices: list[Tensor], cfg: CompressionConfig, gen: torch.Generator
+) -> dict[str, Tensor]:
+    """The flat code, scale and index tensors for the coded tensors, in order."""
+    if not values:
+        return {}
+    out: dict[str, Tensor] = {}
+    if indices:
+        out[INDEX_TENSOR] = torch.cat(indices)
     if cfg.method == "none":
-        out[name] = values.contiguous()
-        return entry
-    codes, scale = quantize(values, LEVELS[cfg.method], generator)
-    out[name] = pack_int4(codes) if cfg.method == "int4" else codes
-    entry["scale"] = scale
-    return entry
+        out[CODES_TENSOR] = torch.cat(values).contiguous()
+        return out
+    coded = [quantize(v, LEVELS[cfg.method], gen) for v in values]
+    codes = torch.cat([c for c, _ in coded])
+    out[CODES_TENSOR] = pack_int4(codes) if cfg.method == "int4" else codes
+    out[SCALES_TENSOR] = torch.tensor([s for _, s in coded], dtype=torch.float64)
+    return out
 
 
 def quantize(values: Tensor, levels: int, generator: torch.Generator) -> tuple[Tensor, float]:
@@ -150,23 +166,39 @@ def decompress_update(
     tensors: Mapping[str, Tensor], reference: Mapping[str, Tensor]
 ) -> tuple[dict[str, Tensor], CompressionConfig]:
     """The site's trained weights, rebuilt as ``reference + decoded update``, and how they were
-    coded. Every length, index and scale is checked against ``reference`` (the global model
-    the server sent); anything that does not fit raises :class:`CompressionError`."""
+    coded. Every name, count, index, scale and code is checked against ``reference`` (the
+    global model the server sent) before it is used; anything that does not fit raises
+    :class:`CompressionError`."""
     meta = _read_meta(tensors.get(META_TENSOR))
-    entries = meta["tensors"]
     cfg = _config_of(meta)
-    if set(entries) != set(reference):
-        odd = sorted(set(entries) ^ set(reference))[:3]
-        raise CompressionError(f"compressed update's tensor names differ from the model's: {odd}")
-    expected = {META_TENSOR}
-    out: dict[str, Tensor] = {}
-    for name, entry in entries.items():
-        out[name], used = _decode_one(name, entry, tensors, reference[name], cfg)
-        expected |= used
+    entries = _entries(meta["tensors"], reference, cfg)
+    coded = [(name, count) for name, kind, count in entries if kind == CODED]
+    raw = {name for name, kind, _ in entries if kind == RAW}
+    values = _values(tensors, [c for _, c in coded], cfg)
+    index = _indices(tensors, coded, reference, cfg)
+    expected = {META_TENSOR, *raw, *(_flat_names(cfg) if coded else ())}
     if set(tensors) != expected:
-        extra = sorted(set(tensors) - expected)[:3]
-        raise CompressionError(f"compressed update carries unexpected tensors {extra}")
+        odd = sorted(set(tensors) ^ expected)[:3]
+        raise CompressionError(f"compressed update's tensors are not the ones it lists: {odd}")
+    out: dict[str, Tensor] = {}
+    offset = 0
+    for name, kind, count in entries:
+        base = reference[name]
+        if kind == SAME:
+            out[name] = base.clone()
+        elif kind == RAW:
+            out[name] = _raw(name, tensors[name], base)
+        else:
+            delta = _delta(values[offset : offset + count], index, offset, base.numel())
+            out[name] = (base.detach().cpu().float().flatten() + delta).view(base.shape)
+            out[name] = out[name].to(base.dtype)
+            offset += count
     return out, cfg
+
+
+def _flat_names(cfg: CompressionConfig) -> tuple[str, ...]:
+    names = (CODES_TENSOR,) + ((SCALES_TENSOR,) if cfg.method != "none" else ())
+    return names + ((INDEX_TENSOR,) if cfg.top_k is not None else ())
 
 
 def _read_meta(record: Tensor | None) -> dict[str, Any]:
@@ -178,9 +210,9 @@ def _read_meta(record: Tensor | None) -> dict[str, Any]:
         meta = json.loads(record.numpy().tobytes().decode())
     except (ValueError, UnicodeDecodeError):
         raise CompressionError("compressed update's coding record is not JSON") from None
-    if not isinstance(meta, dict) or meta.get("version") != FORMAT_VERSION:
+    if not isinstance(meta, dict) or meta.get("v") != FORMAT_VERSION:
         raise CompressionError("compressed update's coding record has an unknown version")
-    if not isinstance(meta.get("tensors"), dict):
+    if not isinstance(meta.get("tensors"), list):
         raise CompressionError("compressed update's coding record lists no tensors")
     return meta
 
@@ -196,71 +228,96 @@ def _config_of(meta: Mapping[str, Any]) -> CompressionConfig:
         raise CompressionError(f"compressed update's coding is not allowed: {reason}") from None
 
 
-def _decode_one(
-    name: str,
-    entry: Any,
-    tensors: Mapping[str, Tensor],
-    base: Tensor,
-    cfg: CompressionConfig,
-) -> tuple[Tensor, set[str]]:
-    """Tensor ``name`` rebuilt, and the payload tensors it used."""
-    kind = entry.get("kind") if isinstance(entry, dict) else None
-    if kind == SAME:
-        return base.clone(), set()
-    if kind == RAW:
-        raw = _tensor(tensors, name)
-        if raw.shape != base.shape or raw.dtype != base.dtype:
-            raise CompressionError(f"{name}: raw tensor does not match the model's")
-        return raw, {name}
-    if kind != CODED or not base.is_floating_point():
-        raise CompressionError(f"{name}: unknown coding {kind!r}")
-    count = entry.get("count")
-    numel = base.numel()
-    if not isinstance(count, int) or not 1 <= count <= numel:
-        raise CompressionError(f"{name}: coded count {count!r} does not fit {numel} entries")
-    values = _values(name, entry, _tensor(tensors, name), count, cfg)
-    delta = torch.zeros(numel, dtype=torch.float32)
-    used = {name}
-    if cfg.top_k is None:
-        if count != numel:
-            raise CompressionError(f"{name}: {count} coded values for {numel} entries")
-        delta = values
-    else:
-        index = _tensor(tensors, INDEX_PREFIX + name)
-        if index.dtype != torch.int32 or index.shape != (count,):
-            raise CompressionError(f"{name}: top-k indices do not match the coded values")
-        if count and (int(index.min()) < 0 or int(index.max()) >= numel):
-            raise CompressionError(f"{name}: top-k index out of range")
-        delta[index.long()] = values
-        used.add(INDEX_PREFIX + name)
-    rebuilt = base.detach().cpu().float().flatten() + delta
-    return rebuilt.view(base.shape).to(base.dtype), used
+def _entries(
+    listed: list[Any], reference: Mapping[str, Tensor], cfg: CompressionConfig
+) -> list[tuple[str, str, int]]:
+    """``(name, kind, count)`` per model tensor, each name once, each count possible."""
+    out = []
+    for item in listed:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
+            raise CompressionError("compressed update's coding record has a malformed entry")
+        name, kind, count = item
+        base = reference.get(name)
+        if base is None:
+            raise CompressionError(f"{name}: not a tensor of the model")
+        if kind not in (SAME, RAW, CODED) or (kind == CODED and not base.is_floating_point()):
+            raise CompressionError(f"{name}: unknown coding {kind!r}")
+        whole = kind == CODED and cfg.top_k is None
+        if kind == CODED and (
+            not isinstance(count, int) or not 1 <= count <= base.numel() or
+            (whole and count != base.numel())
+        ):  # fmt: skip
+            raise CompressionError(f"{name}: coded count {count!r} does not fit its tensor")
+        out.append((name, kind, int(count) if kind == CODED else 0))
+    names = [name for name, _, _ in out]
+    if len(set(names)) != len(names) or set(names) != set(reference):
+        odd = sorted(set(names) ^ set(reference))[:3]
+        raise CompressionError(f"compressed update's tensor names differ from the model's: {odd}")
+    return out
 
 
-def _values(
-    name: str, entry: Mapping[str, Any], coded: Tensor, count: int, cfg: CompressionConfig
-) -> Tensor:
-    """The ``count`` decoded float32 values of a coded tensor."""
+def _values(tensors: Mapping[str, Tensor], counts: list[int], cfg: CompressionConfig) -> Tensor:
+    """Every coded tensor's float32 values, back to back."""
+    total = sum(counts)
+    if not counts:
+        return torch.zeros(0)
+    coded = _tensor(tensors, CODES_TENSOR)
     if cfg.method == "none":
-        if coded.dtype != torch.float32 or coded.shape != (count,):
-            raise CompressionError(f"{name}: float values do not match their count")
+        if coded.dtype != torch.float32 or coded.shape != (total,):
+            raise CompressionError("float values do not match their counts")
         return coded
-    scale = entry.get("scale")
-    if not isinstance(scale, int | float) or isinstance(scale, bool) or not math.isfinite(scale):
-        raise CompressionError(f"{name}: missing or non-finite scale")
-    if scale <= 0:
-        raise CompressionError(f"{name}: scale must be positive")
     if cfg.method == "int4":
-        if coded.dtype != torch.uint8 or coded.shape != ((count + 1) // 2,):
-            raise CompressionError(f"{name}: int4 codes do not match their count")
-        codes = unpack_int4(coded, count)
+        if coded.dtype != torch.uint8 or coded.shape != ((total + 1) // 2,):
+            raise CompressionError("int4 codes do not match their counts")
+        codes = unpack_int4(coded, total)
     else:
-        if coded.dtype != torch.int8 or coded.shape != (count,):
-            raise CompressionError(f"{name}: int8 codes do not match their count")
+        if coded.dtype != torch.int8 or coded.shape != (total,):
+            raise CompressionError("int8 codes do not match their counts")
         codes = coded
     if int(codes.abs().max()) > LEVELS[cfg.method]:
-        raise CompressionError(f"{name}: code outside the {cfg.method} range")
-    return dequantize(codes, float(scale))
+        raise CompressionError(f"a code outside the {cfg.method} range")
+    scales = _tensor(tensors, SCALES_TENSOR)
+    if scales.dtype != torch.float64 or scales.shape != (len(counts),):
+        raise CompressionError("scales do not match the coded tensors")
+    if not bool(torch.isfinite(scales).all()) or bool((scales <= 0).any()):
+        raise CompressionError("a scale is non-finite or not positive")
+    per_value = torch.repeat_interleave(scales, torch.tensor(counts))
+    return (codes.to(torch.float64) * per_value).float()
+
+
+def _indices(
+    tensors: Mapping[str, Tensor],
+    coded: list[tuple[str, int]],
+    reference: Mapping[str, Tensor],
+    cfg: CompressionConfig,
+) -> Tensor | None:
+    """The top-k indices, back to back, each checked against its own tensor's size."""
+    if cfg.top_k is None or not coded:
+        return None
+    index = _tensor(tensors, INDEX_TENSOR)
+    counts = [count for _, count in coded]
+    if index.dtype != torch.int32 or index.shape != (sum(counts),):
+        raise CompressionError("top-k indices do not match the coded values")
+    limits = torch.repeat_interleave(
+        torch.tensor([reference[name].numel() for name, _ in coded]), torch.tensor(counts)
+    )
+    if bool((index < 0).any()) or bool((index.long() >= limits).any()):
+        raise CompressionError("a top-k index is out of range")
+    return index.long()
+
+
+def _delta(values: Tensor, index: Tensor | None, offset: int, numel: int) -> Tensor:
+    if index is None:
+        return values
+    delta = torch.zeros(numel, dtype=torch.float32)
+    delta[index[offset : offset + values.numel()]] = values
+    return delta
+
+
+def _raw(name: str, raw: Tensor, base: Tensor) -> Tensor:
+    if raw.shape != base.shape or raw.dtype != base.dtype:
+        raise CompressionError(f"{name}: raw tensor does not match the model's")
+    return raw
 
 
 def _tensor(tensors: Mapping[str, Tensor], name: str) -> Tensor:

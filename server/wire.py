@@ -13,7 +13,9 @@ Client -> server: one of
   for this run and round, and sealed to the server when the run seals
   (:func:`update_payload` is the plaintext: tensors *and* metrics, so the relay can change
   neither). ``node`` is only a claim for the records of a reply that fails to open; the envelope
-  says who really sent it;
+  says who really sent it. The tensors may be coded (:mod:`fedmodel.compression`: the noised
+  update quantised or sparsified by the site, after DP-SGD); the server decodes them against
+  the round's global model before anything else reads them;
 * ``refusal``: the node's policy or budget said no; nothing was trained. It carries the node's
   signed ledger line for the refusal.
 
