@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seeds", type=int, default=2, help="train.seed 0..N-1 per model")
     p.add_argument("--clients", type=int, default=10)
+    p.add_argument("--paired-repeats", type=int, default=5, help="coding seeds, paired check")
+    p.add_argument("--paired-only", action="store_true", help="redo the paired check only")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
 
@@ -116,6 +118,46 @@ def one_run(model: str, coding: str, seed: int, clients: int, cache: Path) -> di
     }
 
 
+def paired_last_round(model: str, run_dir: Path, cache: Path, repeats: int) -> dict[str, Any]:
+    """The same DP noise draw with and without coding: the final model of a ``none`` run
+    against its previous checkpoint plus its last aggregate update coded (``repeats`` coding
+    seeds each). Conservative: one coding of the ten sites' mean, where a coded run averages
+    ten independent codings, whose errors partly cancel."""
+    import torch
+
+    from fedmodel.compression import round_trip
+    from fedmodel.config import CompressionConfig
+    from fedmodel.data.local import coordinator_splits, model_io
+    from fedmodel.models import build_model
+    from fedmodel.training.checkpoint import load_weights
+    from fedmodel.training.loop import evaluate
+    from fedmodel.training.trunk import load_global_state, rows_through_trunk
+
+    cfg = scenario(model, "none", 0, 10)
+    shape, classes = model_io(cfg)
+    net = build_model(cfg.model, shape, classes, seed=0)
+    test = coordinator_splits(cfg, oracle=False).test
+    rows = rows_through_trunk(net, test, cache, cfg.train)
+    checkpoints = sorted((run_dir / "checkpoints").glob("round-*.safetensors"))
+    before, _ = load_weights(checkpoints[-2])
+    final, _ = load_weights(checkpoints[-1])
+
+    def accuracy(state: dict[str, torch.Tensor]) -> float:
+        load_global_state(net, state)
+        return 100 * evaluate(net, rows, batch_size=cfg.train.eval_batch_size).accuracy
+
+    plain = accuracy(final)
+    out: dict[str, Any] = {"plain_accuracy_pct": round(plain, 3)}
+    for coding in ("int8", "int4"):
+        coded = CompressionConfig(method=coding)
+        drops = [
+            plain - accuracy(round_trip(final, before, coded, seed)) for seed in range(repeats)
+        ]
+        out[f"{coding}_drop_points"] = round(statistics.mean(drops), 3)
+        out[f"{coding}_drop_points_by_seed"] = [round(d, 3) for d in drops]
+    return out
+
+
 def round_bytes(run_dir: Path) -> list[int]:
     """Bytes the server received per round: the accepted replies' envelopes, summed."""
     from server.records import read_metrics
@@ -160,6 +202,16 @@ def summarise(model: str, runs: list[dict[str, Any]], clients: int) -> dict[str,
     return out
 
 
+def add_paired(model: str, details: dict[str, Any], cache: Path, repeats: int) -> None:
+    """Paired (same noise) drops for every ``none`` run, and their mean."""
+    plain = [r for r in details["runs"] if r["coding"] == "none"]
+    paired = [paired_last_round(model, Path(r["run_dir"]), cache, repeats) for r in plain]
+    details["paired_last_round"] = paired
+    for coding in ("int8", "int4"):
+        mean = statistics.mean(p[f"{coding}_drop_points"] for p in paired)
+        details[coding]["paired_last_round_drop_points"] = round(mean, 3)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     quiet_env()
@@ -169,6 +221,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cache = fresh_run_dir("compression-cache")
     details = previous_models(args.out)  # models measured in an earlier invocation stay
     for model in models:
+        if args.paired_only:
+            add_paired(model, details[model], cache, args.paired_repeats)
+            continue
         load_start = os.getloadavg()
         runs = [
             one_run(model, coding, seed, args.clients, cache)
@@ -176,17 +231,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for coding in CODINGS
         ]
         details[model] = summarise(model, runs, args.clients)
+        add_paired(model, details[model], cache, args.paired_repeats)
         details[model] |= {"seeds": args.seeds, "clients": args.clients}
         details[model]["load_average"] = {"start": load_start, "end": os.getloadavg()}
     result = headline(details)
     result |= {"goal": GOAL, "models": details, "machine": machine()}
     atomic_write_json(args.out, result)
     print_table(
-        ["model", "coding", "bytes/round", "ratio", "ratio (trainable)", "accuracy %", "drop pts"],
+        ["model", "coding", "bytes/round", "ratio", "ratio (trainable)", "accuracy %", "drop pts",
+         "paired drop pts"],
         [
             [m, c, d[c]["bytes_per_round_mean"], d[c].get("bytes_ratio", "—"),
              d[c].get("bytes_ratio_trainable", "—"), d[c]["accuracy_pct_mean"],
-             d[c].get("accuracy_drop_points", "—")]
+             d[c].get("accuracy_drop_points", "—"), d[c].get("paired_last_round_drop_points", "—")]
             for m, d in details.items()
             for c in CODINGS
         ],
@@ -215,6 +272,9 @@ def headline(details: dict[str, dict[str, Any]]) -> dict[str, Any]:
             min(d[c]["bytes_ratio"], d[c]["bytes_ratio_trainable"]) for d in details.values()
         )
         out[f"{c}_accuracy_drop"] = max(d[c]["accuracy_drop_points"] for d in details.values())
+        paired = [d[c].get("paired_last_round_drop_points") for d in details.values()]
+        if all(x is not None for x in paired):
+            out[f"{c}_accuracy_drop_paired"] = max(paired)  # type: ignore[type-var]
     return out
 
 

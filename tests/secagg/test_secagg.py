@@ -57,19 +57,24 @@ def spy(msg: Message, context: Context, call_next) -> Message:
 dropping_app = ClientApp(client_fn=secagg_client.client_fn, mods=[secaggplus_mod, drop_or_spy])
 
 
-@pytest.fixture(scope="module")
-def secagg_run(tmp_path_factory):
+def run_secagg(app: ClientApp, overrides: dict, run_dir: Path) -> Path:
+    """A one-round SecAgg+ run of the small tabular scenario whose nodes run ``app``."""
     cfg = apply_overrides(
         small_tabular("fedavg", clients=CLIENTS),
-        {"security.secure_aggregation": True, "federation.rounds": 1},
+        {"security.secure_aggregation": True, "federation.rounds": 1, **overrides},
         "test",
     )
     mp = pytest.MonkeyPatch()
-    mp.setattr(secagg_client, "app", dropping_app)  # what simulate() picks for SecAgg runs
+    mp.setattr(secagg_client, "app", app)  # what simulate() picks for SecAgg runs
     try:
-        yield run(cfg, tmp_path_factory.mktemp("secagg") / "run")
+        return run(cfg, run_dir)
     finally:
         mp.undo()
+
+
+@pytest.fixture(scope="module")
+def secagg_run(tmp_path_factory):
+    return run_secagg(dropping_app, {}, tmp_path_factory.mktemp("secagg") / "run")
 
 
 def test_round_completes_without_the_dropped_node(secagg_run):

@@ -11,29 +11,17 @@ from flwr.clientapp import ClientApp
 
 from clients import secagg_client
 from fedmodel.compression import LEVELS
-from fedmodel.scenarios import apply_overrides
 from fedmodel.training.checkpoint import load_weights
 from server.records import read_metrics
-from tests.federation.helpers import run, small_tabular
-from tests.secagg.test_secagg import SPY_FILE, spy
+from tests.secagg.test_secagg import CLIENTS, SPY_FILE, run_secagg, spy
 
-CLIENTS = 3
 spying_app = ClientApp(client_fn=secagg_client.client_fn, mods=[secaggplus_mod, spy])
 
 
 @pytest.fixture(scope="module")
 def quantised_run(tmp_path_factory):
-    cfg = apply_overrides(
-        small_tabular("fedavg", clients=CLIENTS),
-        {"security.secure_aggregation": True, "compression.method": "int8"},
-        "test",
-    )
-    mp = pytest.MonkeyPatch()
-    mp.setattr(secagg_client, "app", spying_app)  # what simulate() picks for SecAgg runs
-    try:
-        yield run(cfg, tmp_path_factory.mktemp("secagg-int8") / "run")
-    finally:
-        mp.undo()
+    folder = tmp_path_factory.mktemp("secagg-int8")
+    return run_secagg(spying_app, {"compression.method": "int8"}, folder / "run")
 
 
 def test_aggregate_is_the_mean_of_the_dequantised_updates(quantised_run):
