@@ -58,6 +58,10 @@ def _value(coding: str, replies: list[tuple[int, dict[str, Any]]]) -> ReleasedVa
 
 
 def _describe(coding: str) -> str:
-    method, _, rest = coding.partition("+")
-    text = CODINGS.get(method, f"coding {method!r}")
-    return f"{text}, {rest}" if rest else text
+    """``int8+top-k 0.1`` or, under SecAgg+, ``int8, decoded at the site``, in words."""
+    base, _, note = coding.partition(", ")
+    method, _, rest = base.partition("+")
+    text = CODINGS.get(method, f"coding {method!r}") + (f", {rest}" if rest else "")
+    if note:
+        text += f" ({note}, then field-quantised and masked by SecAgg+)"
+    return text
