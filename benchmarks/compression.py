@@ -142,20 +142,33 @@ def paired_last_round(model: str, run_dir: Path, cache: Path, repeats: int) -> d
     before, _ = load_weights(checkpoints[-2])
     final, _ = load_weights(checkpoints[-1])
 
-    def accuracy(state: dict[str, torch.Tensor]) -> float:
+    def scores(state: dict[str, torch.Tensor]) -> tuple[float, float | None]:
         load_global_state(net, state)
-        return 100 * evaluate(net, rows, batch_size=cfg.train.eval_batch_size).accuracy
+        result = evaluate(net, rows, batch_size=cfg.train.eval_batch_size)
+        return 100 * result.accuracy, result.auroc  # AUROC: binary tasks only
 
-    plain = accuracy(final)
-    out: dict[str, Any] = {"plain_accuracy_pct": round(plain, 3)}
+    plain, plain_auroc = scores(final)
+    out: dict[str, Any] = {"plain_accuracy_pct": round(plain, 3), "plain_auroc": plain_auroc}
     for coding in ("int8", "int4"):
         coded = CompressionConfig(method=coding)
-        drops = [
-            plain - accuracy(round_trip(final, before, coded, seed)) for seed in range(repeats)
-        ]
+        got = [scores(round_trip(final, before, coded, s)) for s in range(repeats)]
+        drops = [plain - acc for acc, _ in got]
         out[f"{coding}_drop_points"] = round(statistics.mean(drops), 3)
         out[f"{coding}_drop_points_by_seed"] = [round(d, 3) for d in drops]
+        if plain_auroc is not None:
+            mean_auroc = statistics.mean(float(a or 0.0) for _, a in got)
+            out[f"{coding}_auroc_drop"] = round(plain_auroc - mean_auroc, 5)
     return out
+
+
+def final_auroc(run_dir: Path) -> float | None:
+    """The final round's server AUROC: for a model that still predicts one class everywhere
+    (accuracy stuck at the majority share), the score that still moves."""
+    from server.records import read_metrics
+
+    rows = read_metrics(run_dir)
+    value = rows[-1]["server"].get("auroc") if rows else None
+    return None if value is None else float(value)
 
 
 def round_bytes(run_dir: Path) -> list[int]:
@@ -202,14 +215,29 @@ def summarise(model: str, runs: list[dict[str, Any]], clients: int) -> dict[str,
     return out
 
 
+def add_auroc(details: dict[str, Any]) -> None:
+    """Final AUROC per run and its mean per coding (read back from the run folders)."""
+    for run in details["runs"]:
+        run["auroc"] = final_auroc(Path(run["run_dir"]))
+    for c in CODINGS:
+        values = [r["auroc"] for r in details["runs"] if r["coding"] == c]
+        if values and all(v is not None for v in values):
+            details[c]["auroc_mean"] = round(statistics.mean(values), 5)
+
+
 def add_paired(model: str, details: dict[str, Any], cache: Path, repeats: int) -> None:
-    """Paired (same noise) drops for every ``none`` run, and their mean."""
+    """Paired (same noise) drops for every ``none`` run, and their mean (replacing any)."""
+    for coding in ("int8", "int4"):
+        details[coding].pop("paired_last_round_auroc_drop", None)
     plain = [r for r in details["runs"] if r["coding"] == "none"]
     paired = [paired_last_round(model, Path(r["run_dir"]), cache, repeats) for r in plain]
     details["paired_last_round"] = paired
     for coding in ("int8", "int4"):
         mean = statistics.mean(p[f"{coding}_drop_points"] for p in paired)
         details[coding]["paired_last_round_drop_points"] = round(mean, 3)
+        aurocs = [p[f"{coding}_auroc_drop"] for p in paired if f"{coding}_auroc_drop" in p]
+        if aurocs:
+            details[coding]["paired_last_round_auroc_drop"] = round(statistics.mean(aurocs), 5)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -222,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     details = previous_models(args.out)  # models measured in an earlier invocation stay
     for model in models:
         if args.paired_only:
+            add_auroc(details[model])
             add_paired(model, details[model], cache, args.paired_repeats)
             continue
         load_start = os.getloadavg()
@@ -231,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for coding in CODINGS
         ]
         details[model] = summarise(model, runs, args.clients)
+        add_auroc(details[model])
         add_paired(model, details[model], cache, args.paired_repeats)
         details[model] |= {"seeds": args.seeds, "clients": args.clients}
         details[model]["load_average"] = {"start": load_start, "end": os.getloadavg()}

@@ -70,7 +70,8 @@ def compress_update(
     entries: list[list[Any]] = []
     values: list[Tensor] = []
     indices: list[Tensor] = []
-    for name, tensor in trained.items():
+    for name in sorted(trained):  # one order, so a seed gives one coding whatever the dict's
+        tensor = trained[name]
         kind, kept, index = _select(tensor, reference[name], cfg)
         entries.append([name, kind, 0 if kept is None else int(kept.numel())])
         if kind == RAW:

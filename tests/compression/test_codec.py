@@ -172,3 +172,12 @@ def test_the_cli_refuses_compression_before_the_noise(tmp_path):
     assert result.exit_code == 2, result.output
     assert "compression.stage" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_seed_gives_one_coding_whatever_the_order_of_the_state_dict():
+    reference, trained = model_pair()
+    backwards = dict(reversed(list(trained.items())))
+    cfg = CompressionConfig(method="int4")
+    one, _ = decompress_update(compress_update(trained, reference, cfg, 5), reference)
+    other, _ = decompress_update(compress_update(backwards, reference, cfg, 5), reference)
+    assert all(torch.equal(one[name], other[name]) for name in one)
