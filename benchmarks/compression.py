@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--models", default=",".join(MODELS), help="comma-separated: " + ",".join(MODELS)
     )
     p.add_argument("--seeds", type=int, default=2, help="train.seed 0..N-1 per model")
+    p.add_argument("--first-seed", type=int, default=0, help=">0: add seeds to earlier runs")
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--paired-repeats", type=int, default=5, help="coding seeds, paired check")
     p.add_argument("--paired-only", action="store_true", help="redo the paired check only")
@@ -254,15 +255,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             add_paired(model, details[model], cache, args.paired_repeats)
             continue
         load_start = os.getloadavg()
-        runs = [
-            one_run(model, coding, seed, args.clients, cache)
-            for seed in range(args.seeds)
-            for coding in CODINGS
-        ]
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        runs = [one_run(model, c, seed, args.clients, cache) for seed in seeds for c in CODINGS]
+        earlier: list[Any] = []
+        if args.first_seed > 0 and model in details:  # more seeds for a model measured before
+            runs = details[model]["runs"] + runs
+            earlier = [details[model].get("load_average")]
         details[model] = summarise(model, runs, args.clients)
+        details[model]["load_average_earlier_invocations"] = earlier
         add_auroc(details[model])
         add_paired(model, details[model], cache, args.paired_repeats)
-        details[model] |= {"seeds": args.seeds, "clients": args.clients}
+        details[model] |= {"seeds": len({r["seed"] for r in runs}), "clients": args.clients}
         details[model]["load_average"] = {"start": load_start, "end": os.getloadavg()}
     result = headline(details)
     result |= {"goal": GOAL, "models": details, "machine": machine()}

@@ -136,10 +136,6 @@ def quantize(values: Tensor, levels: int, generator: torch.Generator) -> tuple[T
     return codes.to(torch.int8), scale
 
 
-def dequantize(codes: Tensor, scale: float) -> Tensor:
-    return codes.to(torch.float64).mul_(scale).float()
-
-
 def pack_int4(codes: Tensor) -> Tensor:
     """Codes in ``[-7, 7]``, two per byte (low nibble first); an odd count is padded."""
     nibbles = (codes.to(torch.int16) + 8).to(torch.uint8)
@@ -341,8 +337,3 @@ def round_trip(
         return dict(trained)
     decoded, _ = decompress_update(compress_update(trained, reference, cfg, seed), reference)
     return decoded
-
-
-def payload_bytes(tensors: Mapping[str, Any]) -> int:
-    """Bytes of a state dict's tensor data (no headers): for benchmarks and records."""
-    return sum(int(t.numel()) * t.element_size() for t in tensors.values())
