@@ -7,6 +7,15 @@ policy, budget, DP-SGD and the ledger live, so both transports spend and record 
 
 A refusing node answers with weight 0: its masked vector then adds nothing to the sum, while its
 refusal still reaches the server's records through the metrics.
+
+Update compression under SecAgg+ is *stacked*, not sent: the site quantises its noised update as
+asked (:mod:`fedmodel.compression`, int8/int4, top-k) and decodes it again itself
+(:func:`fedmodel.compression.round_trip`), so what ``fit`` returns is exactly what a server
+would have rebuilt from the compressed payload. SecAgg+ then clips and quantises those floats
+into its own integer field (``secagg_clipping_range``, ``secagg_quantization_range``) and masks
+them; the field, not our codes, is what travels, so no bytes are saved, but the aggregate is the
+mean of the sites' dequantised updates, within SecAgg+'s own quantisation step. Masking needs
+every site's vector in one shared field, which our per-site, per-tensor scales are not.
 """
 
 from __future__ import annotations
@@ -20,7 +29,15 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common import NDArrays, Scalar
 
-from clients.train_round import Refused, Verified, train_round, verify_request
+from clients.train_round import (
+    Refused,
+    Verified,
+    compression_seed,
+    site_compression,
+    train_round,
+    verify_request,
+)
+from fedmodel.compression import round_trip
 from fedmodel.privacy.spend import commit
 from server import wire
 
@@ -50,8 +67,12 @@ class SecAggNodeClient(NumPyClient):
         if isinstance(outcome, Refused):
             return parameters, 0, wire.flatten_reply(outcome.record())
         commit(session.ledger, outcome.reserved, None)  # masked: no single update leaves
-        flat = wire.flatten_reply({wire.METRICS: outcome.metrics, wire.NODE: outcome.node})
-        trained = [outcome.state_dict[name].detach().cpu().numpy() for name in names]
+        coding = site_compression(session, request)
+        stacked = f"{coding.describe()}, decoded at the site" if coding.active else "none"
+        node = {**outcome.node, wire.COMPRESSION: stacked}
+        flat = wire.flatten_reply({wire.METRICS: outcome.metrics, wire.NODE: node})
+        state = round_trip(outcome.state_dict, outcome.reference, coding, compression_seed(outcome))
+        trained = [state[name].detach().cpu().numpy() for name in names]
         return trained, 1, flat
 
 

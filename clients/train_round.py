@@ -36,7 +36,8 @@ from torch.utils.data import Dataset
 
 from clients.policy import delta_violation, policy_violation
 from clients.sealing import ServerChannel
-from fedmodel.config import ConfigError, DPConfig, ScenarioConfig
+from fedmodel.compression import compress_update
+from fedmodel.config import CompressionConfig, ConfigError, DPConfig, ScenarioConfig
 from fedmodel.crypto.chain import ChainHead
 from fedmodel.crypto.keys import load_signing_key
 from fedmodel.crypto.pin import PinMissing, load_pin
@@ -56,7 +57,7 @@ from fedmodel.privacy.spend import Denied, Reserved, SiteRules, SpendPlan, commi
 from fedmodel.privacy.spend import refuse as refuse_in_ledger
 from fedmodel.training import train
 from fedmodel.training.errors import TrainingError
-from fedmodel.training.loop import predict_proba
+from fedmodel.training.loop import derive_seed, predict_proba
 from fedmodel.training.trunk import load_global_state, rows_through_trunk
 from server import wire
 
@@ -189,6 +190,7 @@ class Trained:
     metrics: dict[str, int | float]
     node: dict[str, str]
     reserved: Reserved
+    reference: dict[str, torch.Tensor]  # the weights training started from (update = diff)
 
 
 @dataclass(frozen=True)
@@ -276,7 +278,24 @@ def run_train_round(content: RecordDict, context: Context) -> RecordDict:
     outcome = train_round(session, request, channel.global_state(), context)
     if isinstance(outcome, Refused):
         return outcome.record()
-    return answer(verified, outcome.state_dict, outcome.metrics, outcome.node, outcome.reserved)
+    state: Mapping[str, torch.Tensor] = outcome.state_dict
+    coding = site_compression(session, request)
+    if coding.active:  # the noised update, encoded: post-processing of the DP release
+        state = compress_update(state, outcome.reference, coding, compression_seed(outcome))
+    return answer(verified, state, outcome.metrics, outcome.node, outcome.reserved)
+
+
+def site_compression(session: NodeSession, request: RoundRequest) -> CompressionConfig:
+    """How this site encodes its noised update: its node.toml decides, honouring the
+    coordinator's request unless it says otherwise (``[compression] follow_request``)."""
+    return session.node.compression.resolve(request.scenario.compression)
+
+
+def compression_seed(outcome: Trained) -> int:
+    """The stochastic rounding's own stream, derived from the spend's seed under another
+    purpose: independent of DP-SGD's noise stream, as post-processing needs, and unknown to
+    the server like it."""
+    return derive_seed(outcome.reserved.seed, 0, "update-compression")
 
 
 def answer(
@@ -336,6 +355,7 @@ def train_round(
 
     torch.manual_seed(decision.seed)  # the round's global stream; train() seeds its own
     load_global_state(model, global_state)  # a frozen public trunk stays the site's own copy
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}  # update's origin
     proximal = None
     if request.proximal_mu > 0:
         proximal = (request.proximal_mu, {k: v.clone() for k, v in model.state_dict().items()})
@@ -365,6 +385,7 @@ def train_round(
         metrics=metrics,
         node={"name": node.name, "ledger-hash": entry.hash, "releases": ",".join(releases)},
         reserved=decision,
+        reference=start,
     )
 
 

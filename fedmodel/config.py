@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -259,6 +260,50 @@ class SecurityConfig(StrictModel):
         return self
 
 
+CompressionMethod = Literal["none", "int8", "int4"]
+
+
+class CompressionConfig(StrictModel):
+    """``[compression]``: how a site encodes its update for the wire, after DP-SGD noised it.
+
+    ``int8``/``int4``: stochastic (unbiased) quantisation of the site's noised update (the
+    trained weights minus the global model it started from) with one scale per tensor;
+    ``top_k``: keep only that fraction of each tensor's largest-magnitude noised-update entries.
+    Both are post-processing of a value that is already differentially private, so they cost no
+    privacy and need no trust. Compressing *before* the noise (the clipped gradients) would
+    change the sensitivity DP-SGD's noise is calibrated to: ``stage = "before-noise"`` is
+    refused, there is no code path for it. See :mod:`fedmodel.compression`.
+    """
+
+    method: CompressionMethod = "none"
+    top_k: float | None = Field(
+        None, gt=0, le=1, description="fraction of each tensor's noised-update entries kept"
+    )
+    stage: Literal["after-noise", "before-noise"] = Field(
+        "after-noise", description="only after-noise is allowed: compression post-processes"
+    )
+
+    @field_validator("stage")
+    @classmethod
+    def _after_noise_only(cls, stage: str) -> str:
+        if stage != "after-noise":
+            raise ValueError(
+                "compressing before DP-SGD's noise is refused: it would change the update's "
+                'sensitivity the noise is calibrated to; use stage = "after-noise"'
+            )
+        return stage
+
+    @property
+    def active(self) -> bool:
+        """Whether the update leaves encoded (as a noised delta) rather than as plain weights."""
+        return self.method != "none" or self.top_k is not None
+
+    def describe(self) -> str:
+        """``int8``, ``int4+top-k 0.1``, ``none``: what the records and the report show."""
+        top = f"+top-k {self.top_k:g}" if self.top_k is not None else ""
+        return f"{self.method}{top}"
+
+
 class CentralDPConfig(StrictModel):
     """Client-level DP added by the server: Flower's DifferentialPrivacyServerSideFixedClipping.
 
@@ -379,6 +424,11 @@ class ScenarioConfig(StrictModel):
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     central_dp: CentralDPConfig = Field(default_factory=CentralDPConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    compression: CompressionConfig = Field(
+        default_factory=CompressionConfig,
+        description="what the coordinator asks sites to do to their noised updates; each "
+        "site's node.toml [compression] decides",
+    )
 
     @model_validator(mode="after")
     def _poisson(self) -> ScenarioConfig:

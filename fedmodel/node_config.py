@@ -23,6 +23,7 @@ from typing import Annotated
 from pydantic import Field, StringConstraints, model_validator
 
 from fedmodel.config import (
+    CompressionConfig,
     ConfigError,
     FactorySpec,
     ModelName,
@@ -97,6 +98,26 @@ class SitePolicy(StrictModel):
         description="the site treats its row count as public (DP-SGD's sample rate 1/ceil(n/B) "
         "reveals it to within a batch); false: the reply carries no sample rate, steps or epsilon",
     )
+
+
+class SiteCompression(CompressionConfig):
+    """``[compression]`` in node.toml: this site decides how its noised update leaves.
+
+    ``follow_request = true`` (default): the site honours whatever compression the
+    coordinator's scenario asks for. ``false``: the site ignores the request and applies its own
+    ``method`` / ``top_k`` here (``none`` refuses compression; ``int4`` is a site on a slow
+    link that compresses unasked). Either way the server decodes what arrives, since every
+    payload says how it was encoded. Compression never needs trust: it post-processes an
+    update that is already differentially private.
+    """
+
+    follow_request: bool = True
+
+    def resolve(self, requested: CompressionConfig) -> CompressionConfig:
+        """The compression this site applies to a run that asks for ``requested``."""
+        if self.follow_request:
+            return requested
+        return CompressionConfig(method=self.method, top_k=self.top_k, stage=self.stage)
 
 
 class NodeData(SiteFiles):
@@ -178,6 +199,7 @@ class NodeConfig(StrictModel):
     budget: PrivacyBudget | None = None
     policy: SitePolicy = Field(default_factory=SitePolicy)
     data: NodeData = Field(default_factory=NodeData)
+    compression: SiteCompression = Field(default_factory=SiteCompression)
     deployment: NodeDeployment | None = None
 
     @model_validator(mode="after")

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -27,6 +27,9 @@ from fedmodel.errors import FedmodelError
 from server import wire
 from server.sealing import SignedTraffic, seal_reason
 from server.validation import envelope_limit, norm_bound, update_check
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +161,7 @@ class RecordingStrategy(Strategy):
         self.pending_rows: dict[int, list[dict[str, Any]]] = {}
         self.pending_eval: dict[int, dict[str, Any]] = {}
         self._global: ArrayRecord | None = None
+        self._reference_state: dict[str, torch.Tensor] | None = None
         self._limit = 0
         self._requests: dict[tuple[str, int], list[Message]] = {}
         self._senders: dict[str, int] = {}  # request message id -> the node it went to
@@ -170,6 +174,7 @@ class RecordingStrategy(Strategy):
     ) -> Iterable[Message]:
         rnd = server_round + self.round_offset
         self._global, self._limit = arrays, envelope_limit(arrays)
+        self._reference_state = None
         self.roster.round = rnd
         if self.roster.expected:
             self.roster.await_sites(grid, rnd)
@@ -302,8 +307,9 @@ class RecordingStrategy(Strategy):
             return _row_or_rejection(msg, claimed)
         if (problem := self._oversized(msg)) is not None:
             return {"node": claimed, "status": "rejected", "reason": problem}
+        sent = _envelope_size(msg)
         try:
-            opened = self.traffic.open_reply(msg, rnd, task)
+            opened = self.traffic.open_reply(msg, rnd, task, self._reference(task))
         except SealError as err:
             return {"node": claimed, "status": "rejected", "reason": seal_reason(err)}
         msg.content = opened.content
@@ -311,6 +317,7 @@ class RecordingStrategy(Strategy):
         if row["status"] != "ok":
             return row
         row["message_id"] = opened.message_id
+        row["bytes_sent"] = sent
         if task == "evaluate":
             return row
         if wire.ARRAYS not in msg.content.array_records or self._global is None:
@@ -325,12 +332,20 @@ class RecordingStrategy(Strategy):
         row["_norm"] = check.norm
         return row
 
+    def _reference(self, task: str) -> dict[str, torch.Tensor] | None:
+        """The global model a compressed training update is decoded against, as the request
+        carried it (converted once per round)."""
+        if task != "train" or self._global is None:
+            return None
+        if self._reference_state is None:
+            self._reference_state = self._global.to_torch_state_dict()
+        return self._reference_state
+
     def _oversized(self, msg: Message) -> str | None:
         """A reply larger than the model plus its envelope is refused before it is parsed."""
-        record = msg.content.config_records.get(wire.UPDATE)
-        envelope = record.get(wire.ENVELOPE) if record is not None else None
-        if self._limit and isinstance(envelope, bytes) and len(envelope) > self._limit:
-            return f"update of {len(envelope)} bytes exceeds the model's {self._limit}"
+        size = _envelope_size(msg)
+        if self._limit and size is not None and size > self._limit:
+            return f"update of {size} bytes exceeds the model's {self._limit}"
         return None
 
     def _bound_norms(self, rows: list[dict[str, Any]], replies: list[Message]) -> None:
@@ -371,6 +386,13 @@ def federated_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "num_sites": len(ok),
         "noised": True,
     }
+
+
+def _envelope_size(msg: Message) -> int | None:
+    """Bytes of a reply's envelope as it arrived: what left the site for this update."""
+    record = msg.content.config_records.get(wire.UPDATE)
+    envelope = record.get(wire.ENVELOPE) if record is not None else None
+    return len(envelope) if isinstance(envelope, bytes) else None
 
 
 def _row_or_rejection(msg: Message, claimed: str) -> dict[str, Any]:

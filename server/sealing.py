@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -54,6 +54,9 @@ from fedmodel.io import atomic_write_json
 from fedmodel.node_config import NODE_FILE, load_node_config
 from server import wire
 from server.ledger_copies import LedgerCopies
+
+if TYPE_CHECKING:
+    import torch
 
 KEYS_DIR = "server-keys"
 EXCHANGE_FILE = "server.x25519"
@@ -286,8 +289,15 @@ class SignedTraffic:
     def signed_config(self, config: Mapping[str, Any], rnd: int) -> dict[str, Any]:
         return {**self.request_config(config), wire.RUN_ID: self.run_id, wire.ROUND: rnd}
 
-    def open_reply(self, msg: Message, rnd: int, task: str = "train") -> OpenedReply:
-        """Verify, check freshness and binding, decrypt; raises :class:`SealError` at the first
+    def open_reply(
+        self,
+        msg: Message,
+        rnd: int,
+        task: str = "train",
+        reference: Mapping[str, torch.Tensor] | None = None,
+    ) -> OpenedReply:
+        """Verify, check freshness and binding, decrypt, decode a compressed update against
+        ``reference`` (the round's global model); raises :class:`SealError` at the first
         failure."""
         record = msg.content.config_records.get(wire.UPDATE)
         envelope = record.get(wire.ENVELOPE) if record is not None else None
@@ -306,7 +316,7 @@ class SignedTraffic:
         self._bind(opened.node_id, msg.metadata.src_node_id, rnd, task)
         if self.guard_path is not None:  # before the update can count: never accepted twice
             atomic_write_json(self.guard_path, self.guard.to_dict())
-        plain = wire.update_from_payload(opened.payload)
+        plain = wire.update_from_payload(opened.payload, reference)
         named = str(plain[wire.NODE].get("name"))
         if named != opened.node_id:
             raise SealError(

@@ -13,7 +13,9 @@ Client -> server: one of
   for this run and round, and sealed to the server when the run seals
   (:func:`update_payload` is the plaintext: tensors *and* metrics, so the relay can change
   neither). ``node`` is only a claim for the records of a reply that fails to open; the envelope
-  says who really sent it;
+  says who really sent it. The tensors may be coded (:mod:`fedmodel.compression`: the noised
+  update quantised or sparsified by the site, after DP-SGD); the server decodes them against
+  the round's global model before anything else reads them;
 * ``refusal``: the node's policy or budget said no; nothing was trained. It carries the node's
   signed ledger line for the refusal.
 
@@ -79,6 +81,7 @@ MAX_REPLY_META = 64 * 1024  # bytes of metrics + node record inside an update pa
 # collide with a module's parameter names
 REPLY_TENSOR = "__fedmodel_reply__"
 LEDGER_TENSOR = "__fedmodel_ledger__"  # the ledger suffix inside a payload (same reason)
+COMPRESSION = "compression"  # node record: the update's coding, as the server decoded it
 
 METRIC_KEYS = (
     "num-examples", "partition-id", "train-loss", "train-accuracy", "epsilon", "epsilon-rdp",
@@ -161,11 +164,19 @@ def update_payload(
     return state_dict_to_bytes({**state_dict, **extra})
 
 
-def update_from_payload(payload: bytes) -> RecordDict:
-    """Inverse of :func:`update_payload`: the plaintext reply the wrapped strategy expects."""
+def update_from_payload(
+    payload: bytes, reference: Mapping[str, torch.Tensor] | None = None
+) -> RecordDict:
+    """Inverse of :func:`update_payload`: the plaintext reply the wrapped strategy expects.
+
+    A compressed update (:mod:`fedmodel.compression`) is decoded against ``reference``, the
+    global model this round's request carried, and the node record then says which coding
+    arrived (:data:`COMPRESSION`), as read from the payload itself, never as the site claims.
+    """
     from fedmodel.crypto.seal import SealError, state_dict_from_bytes
 
     tensors = state_dict_from_bytes(payload)
+    coding = _decompressed(tensors, reference)
     ledger = tensors.pop(LEDGER_TENSOR, None)
     if ledger is not None and (ledger.dim() != 1 or ledger.numel() > MAX_LEDGER_SUFFIX):
         raise SealError("malformed", "update payload's ledger entries are not a bounded record")
@@ -185,10 +196,32 @@ def update_from_payload(payload: bytes) -> RecordDict:
         node = {str(k): str(v) for k, v in meta[NODE].items()}
     except (TypeError, KeyError, ValueError, UnicodeDecodeError, AttributeError):
         raise SealError("malformed", "update payload lacks its metrics and node record") from None
+    node[COMPRESSION] = coding
     record = update_record(ArrayRecord(tensors), metrics, node)
     if ledger is not None:
         record[LEDGER_SUFFIX] = ConfigRecord({LEDGER_SUFFIX: ledger.numpy().tobytes()})
     return record
+
+
+def _decompressed(
+    tensors: dict[str, torch.Tensor], reference: Mapping[str, torch.Tensor] | None
+) -> str:
+    """Decode a compressed update in place (the other tensors left as they are); return the
+    coding's name (``none`` for plain weights)."""
+    from fedmodel.compression import CompressionError, decompress_update, is_compressed
+    from fedmodel.crypto.seal import SealError
+
+    if not is_compressed(tensors):
+        return "none"
+    if reference is None:
+        raise SealError("malformed", "compressed update, but no global model to decode it against")
+    own = {k: tensors.pop(k) for k in list(tensors) if k not in (REPLY_TENSOR, LEDGER_TENSOR)}
+    try:
+        decoded, cfg = decompress_update(own, reference)
+    except CompressionError as err:
+        raise SealError("malformed", str(err)) from None
+    tensors.update(decoded)
+    return cfg.describe()
 
 
 def take_ledger_suffix(content: RecordDict) -> bytes | None:
@@ -222,6 +255,7 @@ def client_row(content: RecordDict) -> dict[str, Any]:
     row["partition_id"] = int(row.get("partition_id", -1))
     row["ledger_head"] = {"hash": str(node["ledger-hash"]), "count": int(m["ledger-count"])}
     row["released"] = sorted(str(node.get("releases", "model-update")).split(","))
+    row["compression"] = str(node.get(COMPRESSION, "none"))
     return row
 
 

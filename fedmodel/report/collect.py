@@ -23,6 +23,7 @@ from fedmodel.privacy.budget import cumulative_epsilon
 from fedmodel.privacy.ledger import unbounded
 from fedmodel.report import fmt
 from fedmodel.report.audit import audit_summary, audit_warnings
+from fedmodel.report.coding import coding_values
 from fedmodel.report.crosscheck import DEFAULT_TOLERANCE, cross_check, gaussian_rdp_epsilon
 from fedmodel.report.errors import ReportError
 from fedmodel.report.evidence import Evidence, TrainedRound, agrees, gather_evidence
@@ -303,7 +304,8 @@ def build_client(
         delta_flags=flags,
         released=released_values(
             records.run_id, ev.entries, policies, accountant, copied=_copied(ev.ledger)
-        ),
+        )
+        + coding_values(rows.get(ev.node, [])),
     )
 
 

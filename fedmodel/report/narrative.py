@@ -206,6 +206,9 @@ def _leaves(transport: Transport, central: CentralDP, clients: list[ClientReport
         "so the server can later detect a rewritten ledger. They reveal no record.",
         "refusals": "Refusals: when a round would exceed the cap or break the site's policy, "
         "the site sends only the signed reason and the projected epsilon, no update.",
+        "update-coding": "Update coding: how each site's DP update travelled (plain float32, or "
+        "int8/int4 quantisation and top-k applied by the site after the DP noise) and the bytes "
+        "that arrived; coding is post-processing of the DP release and costs no privacy.",
     }
     order = [*text, *sorted(set(kinds) - set(text))]
     bullets = [

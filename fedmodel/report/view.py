@@ -235,7 +235,8 @@ def released_table(report: Report) -> Table:
         rows=rows,
         note="From the sites' signed ledger entries (each spend names what it releases), "
         "compared with the releases the server recorded in metrics.jsonl; any difference is "
-        "listed among the warnings."
+        "listed among the warnings. 'Model update on the wire' rows are the server's records: "
+        "how each update was coded and the bytes that arrived."
         if rows
         else "No site's ledger records anything that left it in this run.",
         flagged=[i for i, (_, v) in enumerate(pairs) if v.flagged],
@@ -248,6 +249,7 @@ PROTECTIONS = {
     "none": "NONE: no DP, ε unbounded",
     "public-configuration": "public configuration",
     "signed-record": "signed record, no DP",
+    "post-processing": "post-processing of the DP update: no privacy cost",
 }
 
 

@@ -19,7 +19,7 @@ from flwr.clientapp import ClientApp
 
 from clients import secagg_client
 from fedmodel.crypto.pin import load_pin
-from fedmodel.crypto.seal import open_request
+from fedmodel.crypto.seal import open_request, state_dict_from_bytes
 from fedmodel.privacy.ledger import verify_ledger
 from fedmodel.scenarios import apply_overrides
 from fedmodel.training.checkpoint import load_weights
@@ -33,9 +33,15 @@ SPY_FILE = "secagg-spy.npz"
 
 
 def drop_or_spy(msg: Message, context: Context, call_next) -> Message:
-    pid = int(context.node_config["partition-id"])
-    if pid == DROPPING:
+    if int(context.node_config["partition-id"]) == DROPPING:
         raise RuntimeError("node lost power mid-round")
+    return spy(msg, context, call_next)
+
+
+def spy(msg: Message, context: Context, call_next) -> Message:
+    """Keep the plaintext weights the client hands SecAgg+ (and the global model it was sent,
+    as ``global/NAME``) on the node's own disk, then pass the reply on unchanged."""
+    pid = int(context.node_config["partition-id"])
     reply = call_next(msg, context)
     config = msg.content.config_records["fitins.config"]
     folder = Path(str(config[wire.SIM_NODES_DIR])) / f"node-{pid}"
@@ -43,27 +49,32 @@ def drop_or_spy(msg: Message, context: Context, call_next) -> Message:
     names = json.loads(str(request.config[wire.TENSOR_NAMES]))
     arrays = reply.content.array_records["fitres.parameters"].to_numpy_ndarrays()
     weight = reply.content.metric_records["fitres.num_examples"]["num_examples"]
-    spy = dict(zip(names, arrays, strict=True))
-    np.savez(folder / SPY_FILE, **spy, weight=weight)
+    sent = {f"global/{k}": v.numpy() for k, v in state_dict_from_bytes(request.payload).items()}
+    np.savez(folder / SPY_FILE, **dict(zip(names, arrays, strict=True)), **sent, weight=weight)
     return reply
 
 
 dropping_app = ClientApp(client_fn=secagg_client.client_fn, mods=[secaggplus_mod, drop_or_spy])
 
 
-@pytest.fixture(scope="module")
-def secagg_run(tmp_path_factory):
+def run_secagg(app: ClientApp, overrides: dict, run_dir: Path) -> Path:
+    """A one-round SecAgg+ run of the small tabular scenario whose nodes run ``app``."""
     cfg = apply_overrides(
         small_tabular("fedavg", clients=CLIENTS),
-        {"security.secure_aggregation": True, "federation.rounds": 1},
+        {"security.secure_aggregation": True, "federation.rounds": 1, **overrides},
         "test",
     )
     mp = pytest.MonkeyPatch()
-    mp.setattr(secagg_client, "app", dropping_app)  # what simulate() picks for SecAgg runs
+    mp.setattr(secagg_client, "app", app)  # what simulate() picks for SecAgg runs
     try:
-        yield run(cfg, tmp_path_factory.mktemp("secagg") / "run")
+        return run(cfg, run_dir)
     finally:
         mp.undo()
+
+
+@pytest.fixture(scope="module")
+def secagg_run(tmp_path_factory):
+    return run_secagg(dropping_app, {}, tmp_path_factory.mktemp("secagg") / "run")
 
 
 def test_round_completes_without_the_dropped_node(secagg_run):
