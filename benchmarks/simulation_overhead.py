@@ -112,7 +112,7 @@ def measure_fedmodel(args: argparse.Namespace) -> dict[str, Any]:
     import simulation_overhead as this
     from flwr.simulation import run_simulation
 
-    from fedmodel.sim_nodes import prepare_sim_nodes
+    from fedmodel.sim_nodes import declare_sim_nodes
     from server.federation import ServerSettings
     from server.server_app import build_server_app
 
@@ -125,7 +125,7 @@ def measure_fedmodel(args: argparse.Namespace) -> dict[str, Any]:
         scenario=cfg, run_dir=run_dir, on_round=lambda *_: ends.append(time.perf_counter())
     )
     settings.sim_nodes_dir = run_dir / "nodes"
-    prepare_sim_nodes(settings.sim_nodes_dir, cfg)
+    declare_sim_nodes(settings.sim_nodes_dir, cfg)
     run_simulation(
         server_app=build_server_app(settings),
         client_app=this.timed_app,

@@ -54,6 +54,7 @@ from fedmodel.privacy.ledger_copy import check_holds, parse_head, suffix_for
 from fedmodel.privacy.release import history_entry, noised_summary, site_stats
 from fedmodel.privacy.spend import Denied, Reserved, SiteRules, SpendPlan, commit, reserve
 from fedmodel.privacy.spend import refuse as refuse_in_ledger
+from fedmodel.sim_nodes import ensure_sim_node
 from fedmodel.training import train
 from fedmodel.training.errors import TrainingError
 from fedmodel.training.loop import predict_proba
@@ -101,14 +102,15 @@ def node_file_for(context: Context, sim_nodes_dir: str | None) -> Path:
     """``node.toml`` of this node.
 
     Deployment: ``--node-config "config=/etc/fedmodel/node.toml"``. Simulation: every virtual
-    node has ``<sim-nodes-dir>/node-<partition-id>/node.toml``, written by ``fedmodel simulate``;
-    only a node started without its own ``config`` looks there.
+    node has ``<sim-nodes-dir>/node-<partition-id>/node.toml``, made from the plan ``fedmodel
+    simulate`` declared when the node first needs it; only a node started without its own
+    ``config`` looks there.
     """
     nc = context.node_config
     if "config" in nc:
         return Path(str(nc["config"]))
-    if sim_nodes_dir and "partition-id" in nc:
-        return Path(sim_nodes_dir) / f"node-{int(nc['partition-id'])}" / NODE_FILE
+    if sim_nodes_dir and "partition-id" in nc:  # made on the node's first request
+        return ensure_sim_node(Path(sim_nodes_dir), int(nc["partition-id"])) / NODE_FILE
     raise ConfigError("node has no configuration: start it with --node-config config=PATH")
 
 

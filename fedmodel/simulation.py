@@ -39,14 +39,14 @@ def quiet_flower_env() -> None:
 
 
 def simulate(settings: ServerSettings, *, verbose: bool = False) -> Path:
-    from fedmodel.sim_nodes import prepare_sim_nodes
+    from fedmodel.sim_nodes import declare_sim_nodes
 
     quiet_flower_env()
     if settings.resume and latest_checkpoint(settings.run_dir) is None:
         raise SimulationError(f"{settings.run_dir}: --resume needs a checkpoint, none found")
     central_accountant(settings)  # an over-budget central-DP run fails here, not mid-run
     settings.sim_nodes_dir = settings.sim_nodes_dir or settings.run_dir / "nodes"
-    prepare_sim_nodes(settings.sim_nodes_dir, settings.scenario)
+    declare_sim_nodes(settings.sim_nodes_dir, settings.scenario)  # folders: on first use
     _run_engine(settings, verbose=verbose)
     info = RunRecorder(settings.run_dir, settings.scenario, "").read_run_info() or {}
     if info.get("status") == "failed":

@@ -21,7 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmodel.config import ConfigError, ScenarioConfig
 from fedmodel.scenarios import apply_overrides, load_scenario
-from fedmodel.sim_nodes import prepare_sim_nodes
+from fedmodel.sim_nodes import declare_sim_nodes
 from server.deploy.grid import PromptGrid
 from server.federation import DEPLOYMENT, ServerSettings, run_federation
 
@@ -55,7 +55,7 @@ def settings_from_run_config(context: Context) -> ServerSettings:
         raise ConfigError(f"run config: engine {rc['engine']!r} is not simulation or deployment")
     run_dir = Path(str(rc["out-dir"])).resolve() / f"run-{context.run_id}"
     nodes_dir = run_dir / "nodes"
-    prepare_sim_nodes(nodes_dir, scenario)
+    declare_sim_nodes(nodes_dir, scenario)
     return ServerSettings(scenario=scenario, run_dir=run_dir, sim_nodes_dir=nodes_dir)
 
 
