@@ -43,6 +43,7 @@ from fedmodel.crypto.pin import PinMissing, load_pin
 from fedmodel.crypto.seal import SealError, SignedRequest
 from fedmodel.data.errors import DataError, SiteDataError
 from fedmodel.data.local import model_io, node_rows
+from fedmodel.device import manual_seed
 from fedmodel.errors import FedmodelError
 from fedmodel.models import ModelError, build_model
 from fedmodel.node_config import NODE_FILE, NodeConfig, load_node_config
@@ -336,7 +337,7 @@ def train_round(
     if isinstance(decision, Denied):
         return refused_from(session, decision.entry, request)
 
-    torch.manual_seed(decision.seed)  # the round's global stream; train() seeds its own
+    manual_seed(decision.seed)  # the round's global stream; train() seeds its own
     load_global_state(model, global_state)  # a frozen public trunk stays the site's own copy
     proximal = None
     if request.proximal_mu > 0:
