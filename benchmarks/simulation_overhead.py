@@ -19,8 +19,8 @@ its descendants (Ray's GCS, raylet and workers), sampled every 0.5 s; the round 
 slowest round after the first (round 1 also starts the actors and loads the data), and every
 round's wall and process-tree CPU seconds are recorded beside it.
 
-Usage: ``python benchmarks/simulation_overhead.py [--parts ratio,baseline,clients1000,clients10000]``;
-results are merged into ``benchmarks/results/simulation_overhead.json``.
+Usage: ``python benchmarks/simulation_overhead.py [--parts PART,...]`` with parts ratio, baseline,
+clients1000 and clients10000; results are merged into ``benchmarks/results/simulation_overhead.json``.
 """
 
 from __future__ import annotations
