@@ -20,7 +20,8 @@ slowest round after the first (round 1 also starts the actors and loads the data
 round's wall and process-tree CPU seconds are recorded beside it.
 
 Usage: ``python benchmarks/simulation_overhead.py [--parts PART,...]`` with parts ratio, baseline,
-clients1000 and clients10000; results are merged into ``benchmarks/results/simulation_overhead.json``.
+clients1000 and clients10000; results are merged into
+``benchmarks/results/simulation_overhead.json``.
 """
 
 from __future__ import annotations
