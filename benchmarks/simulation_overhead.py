@@ -118,6 +118,7 @@ def measure_fedmodel(args: argparse.Namespace) -> dict[str, Any]:
     import simulation_overhead as this
     from flwr.simulation import run_simulation
 
+    from fedmodel.sim_linkstate import indexed_link_state
     from fedmodel.sim_nodes import declare_sim_nodes
     from server.federation import ServerSettings
     from server.server_app import build_server_app
@@ -132,12 +133,13 @@ def measure_fedmodel(args: argparse.Namespace) -> dict[str, Any]:
     )
     settings.sim_nodes_dir = run_dir / "nodes"
     declare_sim_nodes(settings.sim_nodes_dir, cfg)
-    run_simulation(
-        server_app=build_server_app(settings),
-        client_app=this.timed_app,
-        num_supernodes=cfg.federation.num_clients,
-        backend_config=_backend(1),
-    )
+    with indexed_link_state():  # as fedmodel.simulation runs it
+        run_simulation(
+            server_app=build_server_app(settings),
+            client_app=this.timed_app,
+            num_supernodes=cfg.federation.num_clients,
+            backend_config=_backend(1),
+        )
     rows = [json.loads(line) for line in timings.read_text().splitlines()]
     train = _by_round(rows, "train_s")
     handler = _by_round(rows, "handler_s")

@@ -61,6 +61,8 @@ def simulate(settings: ServerSettings, *, verbose: bool = False) -> Path:
 def _run_engine(settings: ServerSettings, *, verbose: bool) -> None:
     from flwr.simulation import run_simulation
 
+    from fedmodel.sim_linkstate import indexed_link_state
+
     if settings.scenario.security.secure_aggregation:  # SecAgg+ exists only on the legacy API
         from clients.secagg_client import app as client_app
         from server.secagg_app import build_secagg_server_app as build_server_app
@@ -84,12 +86,13 @@ def _run_engine(settings: ServerSettings, *, verbose: bool) -> None:
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
     try:
-        run_simulation(
-            server_app=build_server_app(settings),
-            client_app=client_app,
-            num_supernodes=fed.num_clients,
-            backend_config=backend_config,
-        )
+        with indexed_link_state():  # Flower scans every message for every node otherwise
+            run_simulation(
+                server_app=build_server_app(settings),
+                client_app=client_app,
+                num_supernodes=fed.num_clients,
+                backend_config=backend_config,
+            )
     finally:
         flwr_logger.setLevel(previous)
 

@@ -119,3 +119,29 @@ def test_two_histories_never_share_an_accountant_result():
     assert accountant.epsilon_from_history(one, 1e-5, "rdp") == results[0]
     assert accountant._epsilon_of.cache_info().hits == 1
     assert accountant.epsilon_from_history(one, 1e-6, "rdp") != results[0]  # delta is in the key
+
+
+def test_a_sampled_simulation_runs_on_the_indexed_link_state(tmp_path):
+    """Flower's own engine on the node-indexed link state: the sampled nodes get their requests
+    (and only they make folders), every reply verifies, and Flower's class is put back."""
+    from flwr.server.superlink.linkstate import linkstate_factory
+    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+
+    from fedmodel.sim_linkstate import index_applies
+    from tests.federation.helpers import run
+
+    assert index_applies()
+    cfg = tiny_tabular(
+        "indexed", 8, "test", {"strategy.fraction_train": 0.5, "strategy.min_train_nodes": 4}
+    )
+    run_dir = run(cfg, tmp_path / "run")
+    assert linkstate_factory.InMemoryLinkState is InMemoryLinkState
+    from server.records import read_metrics
+
+    rounds = [r["clients"] for r in read_metrics(run_dir) if r.get("clients")]
+    assert [[r["status"] for r in rows] for rows in rounds] == [["ok"] * 4] * len(rounds)
+    made = sorted(p.name for p in (run_dir / "nodes").glob("node-*"))
+    assert sorted({r["node"] for rows in rounds for r in rows}) == made
+    assert sorted(p.name for p in (run_dir / "registered-keys").iterdir()) == [
+        f"{name}.ed25519.pub" for name in made
+    ]
