@@ -10,7 +10,9 @@ train used 47 each, and py-spy put 89 % of its samples in that thread.
 
 :class:`IndexedLinkState` keeps, per destination node, the ids of its stored messages, and
 answers ``get_message_ins`` from that node's ids only, with Flower's own checks in Flower's
-order (expiry and federation via ``_check_stored_messages``, run, not yet delivered, limit).
+order (expiry and federation via ``_check_stored_messages``, run, not yet delivered, limit); a
+node with nothing stored is answered at once, without the lock or a clock read (after the index,
+py-spy found half of that thread in ``now().isoformat()``, called for each node each sweep).
 :func:`indexed_link_state` makes the Simulation Engine create it for the duration of a
 simulation: ``LinkStateFactory`` offers no hook, so the class it instantiates is swapped and put
 back, and only where this Flower's state class still has the methods the index relies on.
@@ -69,6 +71,8 @@ class IndexedLinkState(InMemoryLinkState):
         """Flower's ``get_message_ins`` over this node's stored messages only."""
         if limit is not None and limit < 1:
             raise AssertionError("`limit` must be >= 1")
+        if not self._ins_by_node.get(node_id):  # most nodes, most sweeps: nothing stored
+            return []
         found: list[Message] = []
         with self.lock:
             for msg_id in list(self._ins_by_node.get(node_id, ())):
@@ -83,7 +87,9 @@ class IndexedLinkState(InMemoryLinkState):
                     found.append(msg_ins)
                 if limit and len(found) == limit:
                     break
-        delivered_at = now().isoformat()
+        if not found:
+            return found
+        delivered_at = now().isoformat()  # a clock read per node per sweep cost more than the rest
         for msg_ins in found:
             msg_ins.metadata.delivered_at = delivered_at
         return found
