@@ -162,6 +162,23 @@ def _proc_ip(hex_ip: str, width: int) -> str:
     return str(mapped or ip)
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of ``root`` and every living descendant: the work a round
+    cost, whatever else the machine ran meanwhile (a process that exited is not counted)."""
+    tree, stack, total = _children(), [root], 0
+    tick = os.sysconf("SC_CLK_TCK")
+    while stack:
+        pid = stack.pop()
+        stack.extend(tree.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return total / tick
+
+
 class Sampler:
     """Calls :meth:`sample` every ``interval`` seconds in a daemon thread while its ``with``
     block runs, the first call at once: the one start/stop/join behind the benchmarks' probes

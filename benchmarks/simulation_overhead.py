@@ -12,17 +12,22 @@ parallelism and say nothing about overhead. Round 1 is left out (actor start, im
 ``baseline_ratio``: the same measurement for ``benchmarks/baseline_flower_opacus.py``, a plain
 Flower + Opacus app with the same rows, model, batch, learning rate, noise and clipping.
 
-``clients_1000_peak_rss_gb``: fedmodel with 1,000 virtual nodes (60 images each), 100 sampled
-per round, two Ray actors; the peak RSS summed over this process and all its descendants (Ray's
-GCS, raylet and workers), sampled every 0.5 s.
+``clients_1000_peak_rss_gb``, ``clients_10000_round_s``, ``clients_10000_peak_rss_gb``:
+fedmodel with 1,000 (10,000) virtual nodes of 60 images each, a tenth sampled per round, two
+Ray actors, through the real ``simulate`` path; the peak RSS summed over this process and all
+its descendants (Ray's GCS, raylet and workers), sampled every 0.5 s; the round time is the
+slowest round after the first (round 1 also starts the actors and loads the data), and every
+round's wall and process-tree CPU seconds are recorded beside it.
 
-Usage: ``python benchmarks/simulation_overhead.py [--parts ratio,baseline,clients1000]``;
-results are merged into ``benchmarks/results/simulation_overhead.json``.
+Usage: ``python benchmarks/simulation_overhead.py [--parts PART,...]`` with parts ratio, baseline,
+clients1000 and clients10000; results are merged into
+``benchmarks/results/simulation_overhead.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -39,6 +44,7 @@ from _common import (
     print_table,
     quiet_env,
     run_summary,
+    tree_cpu_seconds,
 )
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -112,7 +118,8 @@ def measure_fedmodel(args: argparse.Namespace) -> dict[str, Any]:
     import simulation_overhead as this
     from flwr.simulation import run_simulation
 
-    from fedmodel.sim_nodes import prepare_sim_nodes
+    from fedmodel.sim_linkstate import indexed_link_state
+    from fedmodel.sim_nodes import declare_sim_nodes
     from server.federation import ServerSettings
     from server.server_app import build_server_app
 
@@ -125,13 +132,14 @@ def measure_fedmodel(args: argparse.Namespace) -> dict[str, Any]:
         scenario=cfg, run_dir=run_dir, on_round=lambda *_: ends.append(time.perf_counter())
     )
     settings.sim_nodes_dir = run_dir / "nodes"
-    prepare_sim_nodes(settings.sim_nodes_dir, cfg)
-    run_simulation(
-        server_app=build_server_app(settings),
-        client_app=this.timed_app,
-        num_supernodes=cfg.federation.num_clients,
-        backend_config=_backend(1),
-    )
+    declare_sim_nodes(settings.sim_nodes_dir, cfg)
+    with indexed_link_state():  # as fedmodel.simulation runs it
+        run_simulation(
+            server_app=build_server_app(settings),
+            client_app=this.timed_app,
+            num_supernodes=cfg.federation.num_clients,
+            backend_config=_backend(1),
+        )
     rows = [json.loads(line) for line in timings.read_text().splitlines()]
     train = _by_round(rows, "train_s")
     handler = _by_round(rows, "handler_s")
@@ -192,46 +200,73 @@ def _ratio(
     return out
 
 
-def measure_1000(args: argparse.Namespace) -> dict[str, Any]:
-    """Memory of a 1,000-node simulation; the real ``simulate`` path, nothing wrapped."""
+def measure_many(args: argparse.Namespace, n: int, rounds: int) -> dict[str, Any]:
+    """Wall time, CPU time and memory of an ``n``-node simulation; the real ``simulate`` path,
+    nothing wrapped. Round r's wall time runs from the end of round r-1's evaluation to the end
+    of round r's; its CPU time is the whole process tree's (this process, Ray's GCS, raylet
+    and workers) over the same interval, which the machine's other load does not inflate."""
     from fedmodel.scenarios import apply_overrides, load_scenario
     from fedmodel.simulation import simulate
     from server.federation import ServerSettings
 
-    n = args.big_clients
     cfg = apply_overrides(
         load_scenario("mnist-cnn"),
         {
-            "name": "overhead-1000",
+            "name": f"overhead-{n}",
             "data.train_limit": args.big_per_client * n,
             "data.test_limit": 1000,
             "partition.scheme": "iid",
             "federation.num_clients": n,
             "strategy.fraction_train": args.big_fraction,
             "strategy.min_train_nodes": max(1, int(n * args.big_fraction)),
-            "federation.rounds": args.big_rounds,
+            "federation.rounds": rounds,
             "train.batch_size": 16,
             "optimizer.lr": 0.1,
             "dp.noise_multiplier": 1.0,
         },
-        "clients1000",
+        f"clients{n}",
         clear=("dp.target_epsilon", "budget"),
     )
-    run_dir = fresh_run_dir("overhead-1000")
+    run_dir = fresh_run_dir(f"overhead-{n}")
+    marks: list[tuple[float, float, float]] = []
+
+    def mark(*_: Any) -> None:
+        marks.append((time.perf_counter(), tree_cpu_seconds(os.getpid()), os.getloadavg()[0]))
+
     start = time.perf_counter()
     with PeakRss() as peak:
-        simulate(ServerSettings(scenario=cfg, run_dir=run_dir))
+        simulate(ServerSettings(scenario=cfg, run_dir=run_dir, on_round=mark))
     summary = run_summary(run_dir)
+    walls = [round(b[0] - a[0], 1) for a, b in itertools.pairwise(marks)]
+    cpus = [round(b[1] - a[1], 1) for a, b in itertools.pairwise(marks)]
+    steady = walls[1:] or walls
     return {
-        "clients_1000_peak_rss_gb": round(peak.peak / 2**30, 2),
+        f"clients_{n}_peak_rss_gb": round(peak.peak / 2**30, 2),
+        f"clients_{n}_round_s": round(max(steady), 1) if steady else None,
         "clients": n,
         "sampled_per_round": int(n * args.big_fraction),
-        "images_per_client": args.big_per_client,
-        "rounds": args.big_rounds,
+        "images_asked_per_client": args.big_per_client,
+        "images_per_client": _rows_trained(run_dir),
+        "rounds": rounds,
+        "round_wall_s": walls,
+        "round_cpu_s": cpus,
+        "loadavg_1m_at_round_end": [round(m[2], 2) for m in marks[1:]],
+        "node_folders_made": len(list((run_dir / "nodes").glob("node-*"))),
         "wall_s": round(time.perf_counter() - start, 1),
         "client_replies": summary["client_replies"],
         "accuracy": summary["accuracy"],
     }
+
+
+def _rows_trained(run_dir: Path) -> int | None:
+    """A trained node's row count, from its ledger: MNIST's 60,000 training images spread over
+    10,000 nodes leave 6 each whatever was asked for."""
+    for ledger in sorted((run_dir / "nodes").glob("node-*/ledger/ledger.jsonl")):
+        for line in ledger.read_text().splitlines():
+            body = json.loads(line)["body"]
+            if body.get("kind") == "round":
+                return int(body["dataset_size"])
+    return None
 
 
 def _backend(ray_num_cpus: int) -> dict[str, Any]:
@@ -251,10 +286,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--noise", type=float, default=1.0)
     p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--big-clients", type=int, default=1000)
     p.add_argument("--big-per-client", type=int, default=60)
     p.add_argument("--big-fraction", type=float, default=0.1)
     p.add_argument("--big-rounds", type=int, default=2)
+    p.add_argument("--huge-rounds", type=int, default=3, help="rounds of the 10,000-node part")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
 
@@ -292,11 +327,14 @@ def main(argv: list[str] | None = None) -> None:
         table.append(["plain Flower+Opacus", res["ratio"], res["round_wall_s"],
                       res["summed_train_s"]])  # fmt: skip
         print("baseline", res, flush=True)
-    if "clients1000" in parts:
-        res = measure_1000(args)
-        merge_results(args.out, "clients_1000_peak_rss_gb", res["clients_1000_peak_rss_gb"])
-        merge_results(args.out, "clients_1000", res | {"machine": machine()})
-        print("clients1000", res, flush=True)
+    for n, rounds in ((1000, args.big_rounds), (10000, args.huge_rounds)):
+        if f"clients{n}" not in parts:
+            continue
+        res = measure_many(args, n, rounds)
+        for key in (f"clients_{n}_peak_rss_gb", f"clients_{n}_round_s"):
+            merge_results(args.out, key, res[key])
+        merge_results(args.out, f"clients_{n}", res | {"machine": machine()})
+        print(f"clients{n}", res, flush=True)
     if table:
         print_table(["app", "wall / train", "round wall s", "summed train s"], table)
 

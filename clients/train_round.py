@@ -44,6 +44,7 @@ from fedmodel.crypto.pin import PinMissing, load_pin
 from fedmodel.crypto.seal import SealError, SignedRequest
 from fedmodel.data.errors import DataError, SiteDataError
 from fedmodel.data.local import model_io, node_rows
+from fedmodel.device import manual_seed
 from fedmodel.errors import FedmodelError
 from fedmodel.models import ModelError, build_model
 from fedmodel.node_config import NODE_FILE, NodeConfig, load_node_config
@@ -55,6 +56,7 @@ from fedmodel.privacy.ledger_copy import check_holds, parse_head, suffix_for
 from fedmodel.privacy.release import history_entry, noised_summary, site_stats
 from fedmodel.privacy.spend import Denied, Reserved, SiteRules, SpendPlan, commit, reserve
 from fedmodel.privacy.spend import refuse as refuse_in_ledger
+from fedmodel.sim_nodes import ensure_sim_node
 from fedmodel.training import train
 from fedmodel.training.errors import TrainingError
 from fedmodel.training.loop import derive_seed, predict_proba
@@ -102,14 +104,15 @@ def node_file_for(context: Context, sim_nodes_dir: str | None) -> Path:
     """``node.toml`` of this node.
 
     Deployment: ``--node-config "config=/etc/fedmodel/node.toml"``. Simulation: every virtual
-    node has ``<sim-nodes-dir>/node-<partition-id>/node.toml``, written by ``fedmodel simulate``;
-    only a node started without its own ``config`` looks there.
+    node has ``<sim-nodes-dir>/node-<partition-id>/node.toml``, made from the plan ``fedmodel
+    simulate`` declared when the node first needs it; only a node started without its own
+    ``config`` looks there.
     """
     nc = context.node_config
     if "config" in nc:
         return Path(str(nc["config"]))
-    if sim_nodes_dir and "partition-id" in nc:
-        return Path(sim_nodes_dir) / f"node-{int(nc['partition-id'])}" / NODE_FILE
+    if sim_nodes_dir and "partition-id" in nc:  # made on the node's first request
+        return ensure_sim_node(Path(sim_nodes_dir), int(nc["partition-id"])) / NODE_FILE
     raise ConfigError("node has no configuration: start it with --node-config config=PATH")
 
 
@@ -353,7 +356,7 @@ def train_round(
     if isinstance(decision, Denied):
         return refused_from(session, decision.entry, request)
 
-    torch.manual_seed(decision.seed)  # the round's global stream; train() seeds its own
+    manual_seed(decision.seed)  # the round's global stream; train() seeds its own
     load_global_state(model, global_state)  # a frozen public trunk stays the site's own copy
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}  # update's origin
     proximal = None

@@ -59,7 +59,7 @@ def simulate(
 ) -> Path:
     """Run the scenario; ``ray_address`` joins an existing Ray cluster instead of a private,
     loopback-only one (``fedmodel.ray_backend``)."""
-    from fedmodel.sim_nodes import prepare_sim_nodes
+    from fedmodel.sim_nodes import declare_sim_nodes
 
     quiet_flower_env()
     if settings.resume and latest_checkpoint(settings.run_dir) is None:
@@ -73,7 +73,7 @@ def simulate(
         log.warning("ray was imported before %s was set: this run's Ray listens on the "
                     "machine's address, not only 127.0.0.1", LOOPBACK_ENV)  # fmt: skip
     settings.sim_nodes_dir = settings.sim_nodes_dir or settings.run_dir / "nodes"
-    prepare_sim_nodes(settings.sim_nodes_dir, settings.scenario)
+    declare_sim_nodes(settings.sim_nodes_dir, settings.scenario)  # folders: on first use
     _run_engine(settings, backend, verbose=verbose)
     info = RunRecorder(settings.run_dir, settings.scenario, "").read_run_info() or {}
     if info.get("status") == "failed":
@@ -88,6 +88,8 @@ def simulate(
 def _run_engine(settings: ServerSettings, backend: dict[str, Any], *, verbose: bool) -> None:
     from flwr.simulation import run_simulation
 
+    from fedmodel.sim_linkstate import indexed_link_state
+
     if settings.scenario.security.secure_aggregation:  # SecAgg+ exists only on the legacy API
         from clients.secagg_client import app as client_app
         from server.secagg_app import build_secagg_server_app as build_server_app
@@ -101,12 +103,13 @@ def _run_engine(settings: ServerSettings, backend: dict[str, Any], *, verbose: b
         flwr_logger.setLevel(logging.WARNING)
     flwr_logger.addFilter(known)
     try:
-        run_simulation(
-            server_app=build_server_app(settings),
-            client_app=client_app,
-            num_supernodes=settings.scenario.federation.num_clients,
-            backend_config=backend,
-        )
+        with indexed_link_state():  # Flower scans every message for every node otherwise
+            run_simulation(
+                server_app=build_server_app(settings),
+                client_app=client_app,
+                num_supernodes=settings.scenario.federation.num_clients,
+                backend_config=backend,
+            )
     finally:
         flwr_logger.removeFilter(known)
         flwr_logger.setLevel(previous)

@@ -12,10 +12,11 @@ The parts every transport shares (:func:`start_run`, :func:`round_config`,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from fedmodel.training.trunk import load_global_state, rows_through_trunk
 from server import central_dp, wire
 from server.audit import AuditLog
 from server.deploy.grid import PromptGrid
-from server.ledger_copies import LedgerCopies, publish_keys
+from server.ledger_copies import LedgerCopies, publish_key, publish_keys
 from server.recording import RecordingStrategy, RoundFailed, SiteRoster
 from server.records import (
     RunRecorder,
@@ -55,6 +56,7 @@ from server.sealing import (
     KEYS_DIR,
     ServerKeys,
     SignedTraffic,
+    SimNodeKeys,
     ensure_server_keys,
     load_server_keys,
     signers_from_directory,
@@ -108,7 +110,7 @@ class RunState:
     initial: ArrayRecord
     recorder: RunRecorder
     keys: ServerKeys
-    signers: dict[str, Ed25519PublicKey]
+    signers: Mapping[str, Ed25519PublicKey]
     audit: AuditLog
     evaluation: str = "public"  # server evaluation: "public", "oracle" or "none"
 
@@ -251,6 +253,8 @@ def start_run(settings: ServerSettings) -> RunState:
         pin_server(settings.sim_nodes_dir, keys.exchange_fingerprint, keys.verify_key_path)
     recorder = _open_records(settings, run_id, offset, initial)
     publish_keys(settings.run_dir, signers, keys.verify_key_path)
+    if isinstance(signers, SimNodeKeys):  # a virtual node made later is published when it is
+        signers.on_register = functools.partial(publish_key, settings.run_dir)
     recorder.update_info(
         evaluation=_evaluation_record(scenario, evaluation), data=_data_record(scenario)
     )
@@ -328,7 +332,7 @@ def _open_records(
     return recorder
 
 
-def _registered_signers(settings: ServerSettings) -> dict[str, Ed25519PublicKey]:
+def _registered_signers(settings: ServerSettings) -> Mapping[str, Ed25519PublicKey]:
     """Deployment's registry folder, or the simulation's virtual nodes; never a reply's claim.
 
     Every reply is a signed envelope, so every run needs them, sealed or not.

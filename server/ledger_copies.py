@@ -64,12 +64,19 @@ def publish_keys(
     run_dir: Path, signers: Mapping[str, Ed25519PublicKey], server_verify_key: Path
 ) -> None:
     """Write the public keys the report checks this run with into the run folder."""
-    registry = Path(run_dir) / REGISTERED_DIR
-    registry.mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / REGISTERED_DIR).mkdir(parents=True, exist_ok=True)
     for node, key in sorted(signers.items()):
-        if is_node_name(node):
-            save_public_key(key, registry / f"{node}{REGISTERED_SUFFIX}", force=True)
+        publish_key(run_dir, node, key)
     target = Path(run_dir) / SERVER_KEY_FILE
     if Path(server_verify_key).resolve() != target.resolve():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(server_verify_key, target)
+
+
+def publish_key(run_dir: Path, node: str, key: Ed25519PublicKey) -> None:
+    """One registered node's key into ``RUN_DIR/registered-keys`` (a virtual node made during
+    the run is published when the server first reads its key)."""
+    if is_node_name(node):
+        save_public_key(
+            key, Path(run_dir) / REGISTERED_DIR / f"{node}{REGISTERED_SUFFIX}", force=True
+        )

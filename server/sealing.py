@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +52,7 @@ from fedmodel.crypto.seal import (
 )
 from fedmodel.io import atomic_write_json
 from fedmodel.node_config import NODE_FILE, load_node_config
+from fedmodel.sim_nodes import declared_names
 from server import wire
 from server.ledger_copies import LedgerCopies
 
@@ -126,8 +127,14 @@ def signers_from_directory(directory: Path) -> dict[str, Ed25519PublicKey]:
     return {name: _verify_key(path) for name, path in files.items()}
 
 
-def signers_from_sim_nodes(nodes_dir: Path) -> dict[str, Ed25519PublicKey]:
-    """Simulation: each virtual node's name (node.toml) and its signing key's public half."""
+def signers_from_sim_nodes(nodes_dir: Path) -> Mapping[str, Ed25519PublicKey]:
+    """Simulation: each virtual node's name (node.toml) and its signing key's public half.
+
+    Nodes declared by a plan make their folders on first use, so their keys are read then
+    (:class:`SimNodeKeys`); folders of an older run without a plan are all read now.
+    """
+    if declared_names(nodes_dir) is not None:
+        return SimNodeKeys(Path(nodes_dir))
     signers: dict[str, Ed25519PublicKey] = {}
     for node_file in sorted(Path(nodes_dir).glob(f"*/{NODE_FILE}")):
         cfg = load_node_config(node_file)
@@ -135,6 +142,43 @@ def signers_from_sim_nodes(nodes_dir: Path) -> dict[str, Ed25519PublicKey]:
     if not signers:
         raise ConfigError(f"{nodes_dir}: no virtual nodes to register")
     return signers
+
+
+class SimNodeKeys(Mapping[str, Ed25519PublicKey]):
+    """The simulation's registry: a declared node's key, once the node has made its folder.
+
+    Its entries are the nodes whose folders exist: a node that has not made its key yet has
+    signed nothing, so it has nothing to verify. A key is read once, from the folder of the
+    declared node of that name (never a folder a reply names), and ``on_register`` hears of it
+    (the ServerApp publishes it into the run folder, as it does every registered key).
+    """
+
+    def __init__(self, nodes_dir: Path) -> None:
+        self.nodes_dir = Path(nodes_dir)
+        self._folders = declared_names(nodes_dir) or {}
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        self.on_register: Callable[[str, Ed25519PublicKey], None] | None = None
+
+    def __getitem__(self, name: str) -> Ed25519PublicKey:
+        key = self._keys.get(name)
+        if key is not None:
+            return key
+        folder = self._folders.get(name)
+        if folder is None or not (folder / NODE_FILE).is_file():
+            raise KeyError(name)
+        cfg = load_node_config(folder / NODE_FILE)
+        if cfg.name != name:
+            raise ConfigError(f"{folder / NODE_FILE}: names node {cfg.name!r}, declared {name!r}")
+        key = self._keys[name] = _verify_key(public_path(cfg.signing_key))
+        if self.on_register is not None:
+            self.on_register(name, key)
+        return key
+
+    def __iter__(self) -> Iterator[str]:
+        return (n for n, f in self._folders.items() if n in self._keys or (f / NODE_FILE).is_file())
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def _verify_key(path: Path) -> Ed25519PublicKey:
@@ -174,6 +218,8 @@ class SignedTraffic:
     guard: ReplayGuard = field(default_factory=ReplayGuard)
     guard_path: Path | None = None  # where accepted ids survive a ServerApp restart
     senders: dict[str, int] = field(default_factory=dict)  # signer -> Flower node id
+    # Flower node id -> its signers in binding order: a request's lookup, not a scan of all
+    _signers_at: dict[int, list[str]] = field(default_factory=dict)
     heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # signer -> last ledger head
     request_ttl: float = 3600.0  # seconds a request stays answerable (the round timeout + slack)
     answered: dict[tuple[int, str], set[str]] = field(default_factory=dict)  # (round, task)
@@ -274,15 +320,14 @@ class SignedTraffic:
         with the entries after it (all of them while the server does not know who ``dst`` is)."""
         if self.copies is None:
             return None
-        for signer, node_id in self.senders.items():
-            if node_id == dst:
-                return self.copies.held(signer).as_dict()
+        for signer in self._signers_at.get(dst, ()):
+            return self.copies.held(signer).as_dict()
         return None
 
     def _head_of(self, dst: int) -> dict[str, Any] | None:
         """The ledger head the node at Flower id ``dst`` last reported in this run, if any."""
-        for signer, node_id in self.senders.items():
-            if node_id == dst and signer in self.heads:
+        for signer in self._signers_at.get(dst, ()):
+            if signer in self.heads:
                 return dict(self.heads[signer])
         return None
 
@@ -339,6 +384,8 @@ class SignedTraffic:
     def _bind(self, signer: str, src_node_id: int, rnd: int, task: str = "train") -> None:
         """One Flower node per signer for the whole run; one accepted reply per signer per round
         and task."""
+        if signer not in self.senders:
+            self._signers_at.setdefault(src_node_id, []).append(signer)
         bound = self.senders.setdefault(signer, src_node_id)
         if bound != src_node_id:
             raise SealError(

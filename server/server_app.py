@@ -29,7 +29,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedmodel.config import ConfigError, ScenarioConfig
 from fedmodel.ray_backend import check_joined
 from fedmodel.scenarios import apply_overrides, load_scenario
-from fedmodel.sim_nodes import prepare_sim_nodes
+from fedmodel.sim_nodes import declare_sim_nodes
 from server.deploy.grid import PromptGrid
 from server.federation import DEPLOYMENT, ServerSettings, run_federation
 
@@ -70,7 +70,7 @@ def settings_from_run_config(context: Context, grid: Grid | None = None) -> Serv
         check_joined(str(rc["ray-address"]))
     run_dir = Path(str(rc["out-dir"])).resolve() / f"run-{context.run_id}"
     nodes_dir = run_dir / "nodes"
-    prepare_sim_nodes(nodes_dir, scenario)
+    declare_sim_nodes(nodes_dir, scenario)
     return ServerSettings(scenario=scenario, run_dir=run_dir, sim_nodes_dir=nodes_dir)
 
 

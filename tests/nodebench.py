@@ -24,7 +24,7 @@ from fedmodel.models import build_model
 from fedmodel.node_config import NODE_FILE, load_node_config
 from fedmodel.privacy.ledger import Ledger, LedgerEntry
 from fedmodel.scenarios import _dump_toml
-from fedmodel.sim_nodes import pin_server, prepare_sim_nodes
+from fedmodel.sim_nodes import declare_sim_nodes, pin_server, prepare_sim_nodes
 from server import wire
 from server.sealing import ServerKeys, SignedTraffic, ensure_server_keys
 
@@ -39,10 +39,11 @@ class NodeBench:
 
     @classmethod
     def create(
-        cls, tmp: Path, scenario: ScenarioConfig, input_shape=(30,), num_classes=2
+        cls, tmp: Path, scenario: ScenarioConfig, input_shape=(30,), num_classes=2, lazy=False
     ) -> NodeBench:
+        """``lazy``: the nodes are only declared; each makes its folder on its first request."""
         nodes = tmp / "nodes"
-        prepare_sim_nodes(nodes, scenario)
+        (declare_sim_nodes if lazy else prepare_sim_nodes)(nodes, scenario)
         keys = ensure_server_keys(tmp / "server-keys")
         pin_server(nodes, keys.exchange_fingerprint, keys.verify_key_path)
         return cls(scenario, nodes, keys, input_shape, num_classes)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fedmodel.config import ModelConfig
+from fedmodel.device import manual_seed
 from fedmodel.models.errors import ModelError
 
 MODEL_NAMES = ("cnn", "mlp", "minilm", "custom")
@@ -69,7 +70,7 @@ def build_model(
     if seed is None:
         return _build(cfg, shape, num_classes, factory_sha256)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        manual_seed(seed)
         return _build(cfg, shape, num_classes, factory_sha256)
 
 

@@ -440,15 +440,14 @@ class Ledger:
         """Append the bodies ``decide(entries)`` returns, in order, inside one hold of the lock.
 
         The one primitive a transaction needs: the decision (budget, duplicates, cap) is made on
-        the entries the appends really follow, and no other writer can come between them.
+        the entries the appends really follow, and no other writer can come between them. The
+        bodies go to disk in one durable write with one high-water mark after it.
         """
-        written: list[LedgerEntry] = []
         with self._chain.locked():
             entries = self.entries()
             _resolve_node(entries, self.node, self.path)
-            for body in decide(entries):
-                written.append(self._append_locked(lambda _e, b=body: b))
-        return written
+            bodies = list(decide(entries))
+            return self._append_locked(lambda _entries: bodies) if bodies else []
 
     def _common(self, kind: EntryKind, run_id: str, round: int) -> dict[str, Any]:
         if self.node is None:
@@ -461,34 +460,37 @@ class Ledger:
 
     def _append(self, make_body: Callable[[list[LedgerEntry]], Mapping[str, Any]]) -> LedgerEntry:
         with self._chain.locked():
-            return self._append_locked(make_body)
+            return self._append_locked(lambda entries: [make_body(entries)])[-1]
 
     def _append_locked(
         self,
-        make_body: Callable[[list[LedgerEntry]], Mapping[str, Any]],
+        make_bodies: Callable[[list[LedgerEntry]], Sequence[Mapping[str, Any]]],
         mark_key: ed25519.Ed25519PrivateKey | None = None,
-    ) -> LedgerEntry:
-        """Append (the caller holds the lock): the body sees every entry written so far, by any
-        process, and is stamped there, so times never run backwards along the chain; the
-        high-water mark is checked before and advanced after, under the same lock."""
+    ) -> list[LedgerEntry]:
+        """Append (the caller holds the lock) in one durable write: the bodies see every entry
+        written so far, by any process, and are stamped there, so times never run backwards
+        along the chain; the high-water mark is checked before and advanced once after, under
+        the same lock."""
 
-        def stamped(chain_entries: tuple[ChainEntry, ...]) -> dict[str, Any]:
+        def stamped(chain_entries: tuple[ChainEntry, ...]) -> list[dict[str, Any]]:
             entries = _parse_verified(chain_entries, self.path)
             _resolve_node(entries, self.node, self.path)  # another process may have started it
             self._check_mark(entries)
             now = datetime.now(UTC).isoformat(timespec="milliseconds")
-            return {**make_body(entries), "time": now}
+            return [{**body, "time": now} for body in make_bodies(entries)]
 
         try:
-            entry = self._chain.append_with(stamped, lock=False)
+            written = self._chain.append_all_with(stamped, lock=False)
         except ChainError as err:
             raise LedgerError(str(err)) from None
-        assert entry is not None
+        assert written
         if self.mark_path is not None:  # signed by whoever signs the next entry
-            head = ChainHead(entry.hash, entry.seq + 1)
+            last = written[-1]
             key = mark_key or self._signing_key
-            write_mark(self.mark_path, key, mark_of(str(self.node), head))
-        return _to_ledger_entry(entry)
+            write_mark(
+                self.mark_path, key, mark_of(str(self.node), ChainHead(last.hash, last.seq + 1))
+            )
+        return [_to_ledger_entry(entry) for entry in written]
 
     def _first_key(self) -> ed25519.Ed25519PublicKey | None:
         """The key of the ledger's first entry (``signer.pub``); later keys come by rotation."""
@@ -536,7 +538,7 @@ class Ledger:
                 **rotation_body_field(new_key.public_key()),
                 "history": [list(h) for h in carried],
             }
-            return self._append_locked(lambda _entries: body, mark_key=new_key)
+            return self._append_locked(lambda _entries: [body], mark_key=new_key)[-1]
 
     def _write_signer_file(self) -> None:
         """Write ``signer.pub`` once, after the chain verified with this key (or is empty)."""

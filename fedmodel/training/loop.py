@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from fedmodel.config import DPConfig, OptimizerConfig, TrainConfig
-from fedmodel.device import autocast_for, resolve_device, set_threads
+from fedmodel.device import autocast_for, manual_seed, resolve_device, set_threads
 from fedmodel.privacy.accountant import HistoryEntry, epsilon_from_history, normalise_history
 from fedmodel.training.dp import ClippingMode, PrivateTraining, make_private
 from fedmodel.training.errors import TrainingError
@@ -141,7 +141,7 @@ def train(
     started = time.perf_counter()
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices), _quiet_hook_warnings():
-        torch.manual_seed(derive_seed(base_seed, prior_steps, "torch"))
+        manual_seed(derive_seed(base_seed, prior_steps, "torch"))
         model.to(device).train()
         optimizer = build_optimizer(model, optim_cfg)
         sampler_gen = torch.Generator().manual_seed(derive_seed(base_seed, prior_steps, "sample"))

@@ -22,6 +22,7 @@ from fedmodel.crypto.chain import (
     SignedChain,
     head,
     make_entry,
+    rotation_body_field,
     verify_chain,
 )
 from fedmodel.crypto.keys import fingerprint, generate_signing_key, save_signing_key
@@ -289,6 +290,18 @@ def test_lock_timeout_names_the_lock_file(chain, key):
     other = SignedChain(chain.path, key, lock_timeout_s=0.2)
     with chain.locked(), pytest.raises(ChainError, match=r"\.lock: still locked"):
         other.append({"i": 99})
+
+
+def test_several_entries_go_to_disk_in_one_write_and_chain_in_order(chain, key):
+    written = chain.append_all_with(lambda entries: [{"i": len(entries)}, {"i": len(entries) + 1}])
+    assert [e.seq for e in written] == [N, N + 1] and written[1].prev == written[0].hash
+    report = verify_chain(chain.path, key.public_key())
+    assert report.ok and report.head.hash == written[1].hash
+    assert chain.append_all_with(lambda entries: []) == ()
+    rotation = rotation_body_field(generate_signing_key().public_key())
+    with pytest.raises(ChainError, match="rotation must be the last"):
+        chain.append_all_with(lambda entries: [rotation, {"i": 0}])
+    assert verify_chain(chain.path, key.public_key()).head == report.head  # nothing written
 
 
 def test_append_with_computes_the_body_from_the_verified_entries(chain):
