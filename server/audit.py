@@ -47,6 +47,7 @@ DEFAULT_KEY = Path("server-keys") / "server.ed25519.pub"  # relative to the run 
 # event -> fields its body must have (besides "event", "run_id", "time")
 EVENT_FIELDS: dict[str, frozenset[str]] = {
     "run-start": frozenset({"config_hash", "code_version", "engine", "transport", "strategy"}),
+    "node-registered": frozenset({"node", "fingerprint"}),
     "update": frozenset({"round", "node", "outcome", "reason"}),
     "refusal": frozenset({"round", "node", "reason"}),
     "error": frozenset({"round", "node", "reason"}),
@@ -68,6 +69,15 @@ class AuditLog:
         self.path = Path(run_dir) / AUDIT_FILE
         self.run_id = run_id
         self._chain = SignedChain(self.path, signing_key)
+        self._registered: list[dict[str, Any]] = []
+
+    def node_registered(self, node: str, key: ed25519.Ed25519PublicKey) -> None:
+        """A virtual node whose key the server first read after run start (nodes are made on
+        first use in a large simulation). Kept until the next write, so a round with a thousand
+        new nodes is one append, not a thousand re-verifications of the log."""
+        self._registered.append(
+            self._body("node-registered", node=node, fingerprint=fingerprint(key))
+        )
 
     def run_started(self, **fields: Any) -> None:
         self._append("run-start", **fields)
@@ -116,8 +126,10 @@ class AuditLog:
         return _json_safe({"event": event, "run_id": self.run_id, "time": now, **fields})
 
     def _write(self, bodies: Sequence[Mapping[str, Any]]) -> None:
+        """Append ``bodies`` after any node registrations not yet written (one signed write)."""
+        pending, self._registered = self._registered, []
         try:
-            self._chain.append_all_with(lambda _entries: bodies)
+            self._chain.append_all_with(lambda _entries: [*pending, *bodies])
         except ChainError as err:
             raise AuditError(str(err)) from None
 

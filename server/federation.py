@@ -253,8 +253,6 @@ def start_run(settings: ServerSettings) -> RunState:
         pin_server(settings.sim_nodes_dir, keys.exchange_fingerprint, keys.verify_key_path)
     recorder = _open_records(settings, run_id, offset, initial)
     publish_keys(settings.run_dir, signers, keys.verify_key_path)
-    if isinstance(signers, SimNodeKeys):  # a virtual node made later is published when it is
-        signers.on_register = functools.partial(publish_key, settings.run_dir)
     recorder.update_info(
         evaluation=_evaluation_record(scenario, evaluation), data=_data_record(scenario)
     )
@@ -270,10 +268,19 @@ def start_run(settings: ServerSettings) -> RunState:
         registered_nodes={name: fingerprint(key) for name, key in sorted(signers.items())},
         resumed_at=offset or None,
     )
+    if isinstance(signers, SimNodeKeys):  # a virtual node made later: published and audited
+        signers.on_register = functools.partial(_register_late_node, settings.run_dir, audit)
     return RunState(
         settings, splits, model, run_id, offset, initial, recorder, keys, signers, audit,
         evaluation,
     )  # fmt: skip
+
+
+def _register_late_node(run_dir: Path, audit: AuditLog, node: str, key: Any) -> None:
+    """A virtual node made after run start: its key into the run folder, its name and key
+    fingerprint into the audit log (with the round's rows), as run-start records the others."""
+    publish_key(run_dir, node, key)
+    audit.node_registered(node, key)
 
 
 def _data_record(scenario: ScenarioConfig) -> dict[str, Any]:

@@ -10,12 +10,14 @@ import pytest
 from typer.testing import CliRunner
 
 from fedmodel.cli.main import app as cli
+from fedmodel.crypto.keys import fingerprint, load_verify_key
 from fedmodel.crypto.pin import PIN_FILE
 from fedmodel.report import view
 from fedmodel.report.collect import collect_report
 from fedmodel.report.json_out import render_json
 from fedmodel.scenarios import apply_overrides
 from server.audit import verify_audit
+from server.ledger_copies import REGISTERED_DIR, REGISTERED_SUFFIX
 from server.records import read_metrics
 from tests.federation.helpers import run, small_tabular
 
@@ -62,9 +64,17 @@ def test_keys_are_private_and_nodes_pin_them(sealed_run):
         json.loads((sealed_run / "nodes" / f"node-{k}" / PIN_FILE).read_text())
         for k in range(CLIENTS)
     ]
-    start = verify_audit(sealed_run).entries[0].body
+    entries = [e.body for e in verify_audit(sealed_run).entries]
+    start = entries[0]
     assert {p["server_exchange_fingerprint"] for p in pins} == {start["server_keys"]["exchange"]}
-    assert sorted(start["registered_nodes"]) == [f"node-{k}" for k in range(CLIENTS)]
+    # virtual nodes are made on first use: a node not there at run start is audited when the
+    # server first reads its key, with the same fingerprint the run folder publishes
+    registered = dict(start["registered_nodes"])
+    registered |= {b["node"]: b["fingerprint"] for b in entries if b["event"] == "node-registered"}
+    assert sorted(registered) == [f"node-{k}" for k in range(CLIENTS)]
+    for node, print_ in registered.items():
+        key = load_verify_key(sealed_run / REGISTERED_DIR / f"{node}{REGISTERED_SUFFIX}")
+        assert fingerprint(key) == print_
 
 
 def test_audit_log_and_report_record_every_update(sealed_run):
