@@ -81,6 +81,10 @@ class Loopback:
             kill_group(proc)
 
 
+# a loopback deployment story (~55 s); make test keeps test_loopback's deployment
+pytestmark = pytest.mark.slow
+
+
 def cli(app, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(app, list(args))
     return result.exit_code, result.output

@@ -344,6 +344,7 @@ def walked(tmp_path_factory):
         run.close()
 
 
+@pytest.mark.slow  # the guide walked as a real deployment (~65 s); its blocks are checked above
 def test_the_guide_ends_with_a_run_both_sites_trained_and_its_report(walked):
     run, blocks = walked
     coordinator = run.loop.folder("coordinator", {})
@@ -363,6 +364,7 @@ def test_the_guide_ends_with_a_run_both_sites_trained_and_its_report(walked):
     }
 
 
+@pytest.mark.slow  # the guide walked as a real deployment (~65 s); its blocks are checked above
 def test_what_was_read_out_matches_on_both_ends(walked):
     """Every public file that crossed hosts (CA, ServerApp verify key, each site's keys) was
     hashed by its sender and its receiver, and the digests they compared agree."""

@@ -29,6 +29,11 @@ SITES = ("cleveland", "hungary")
 START_TIMEOUT = 240.0
 
 
+# a second loopback deployment (~55 s): make test keeps test_loopback's deployment, and
+# own files in simulation (tests/sitedata)
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     root = tmp_path_factory.mktemp("own-files")

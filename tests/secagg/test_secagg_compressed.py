@@ -24,6 +24,7 @@ def quantised_run(tmp_path_factory):
     return run_secagg(spying_app, {"compression.method": "int8"}, folder / "run")
 
 
+@pytest.mark.slow  # a second SecAgg+ run (~16 s): test_secagg and the sealed coded run stay
 def test_aggregate_is_the_mean_of_the_dequantised_updates(quantised_run):
     rows = read_metrics(quantised_run)[1]["clients"]
     assert [r["status"] for r in rows] == ["ok"] * CLIENTS, rows

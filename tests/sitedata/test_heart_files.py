@@ -71,6 +71,7 @@ def _accuracy(run_dir: Path) -> float:
     return next(r for r in rounds if r["round"] == ROUNDS)["server"]["accuracy"]
 
 
+@pytest.mark.slow  # four-hospital file runs (~40 s); make test keeps the image-folder run
 def test_files_reach_the_packaged_accuracy(runs):
     files, packaged = _accuracy(runs["files"]), _accuracy(runs["packaged"])
     # 185 held-out patients: one seed's accuracy moves by about 0.035 (binomial sd), and the
@@ -80,6 +81,7 @@ def test_files_reach_the_packaged_accuracy(runs):
     assert files > 0.6, (files, packaged)  # 0.65-0.76 seen over repeated runs
 
 
+@pytest.mark.slow  # four-hospital file runs (~40 s); make test keeps the image-folder run
 def test_no_patient_id_leaves_the_file(runs, hospitals):
     ids = [
         pid
@@ -104,6 +106,7 @@ def test_the_feature_matrix_holds_no_identifier(hospitals):
         assert not any("patient" in f for f in task.feature_names)
 
 
+@pytest.mark.slow  # four-hospital file runs (~40 s); make test keeps the image-folder run
 def test_the_report_states_the_task_and_what_each_site_fitted(runs, tmp_path):
     from fedmodel.report.build import build_report
 

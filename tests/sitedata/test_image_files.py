@@ -147,6 +147,7 @@ def test_a_federated_dp_run_from_image_folders_learns(sites, tmp_path):
     assert "oracle" in json.dumps(info.get("evaluation", {}))
 
 
+@pytest.mark.slow  # a second image-folder run (~16 s)
 def test_colour_images_are_resized_into_a_three_channel_task(digits, tmp_path):
     x_train, y_train, x_test, y_test = digits
     site = {
