@@ -121,6 +121,7 @@ def test_two_histories_never_share_an_accountant_result():
     assert accountant.epsilon_from_history(one, 1e-6, "rdp") != results[0]  # delta is in the key
 
 
+@pytest.mark.slow  # ~18 s; every simulation runs on it
 def test_a_sampled_simulation_runs_on_the_indexed_link_state(tmp_path):
     """Flower's own engine on the node-indexed link state: the sampled nodes get their requests
     (and only they make folders), every reply verifies, and Flower's class is put back."""

@@ -52,6 +52,7 @@ def test_virtual_sites_approve_the_scenario_factory_as_it_is_on_disk(tmp_path, m
     assert not marker.exists()
 
 
+@pytest.mark.slow  # ~16 s run; tests/sealing/test_custom_model_node.py trains it
 def test_a_simulated_run_trains_the_custom_factory(tmp_path, monkeypatch):
     """Real Flower and Opacus: the Ray workers find the package on PYTHONPATH, as a site's
     installed package; every site trains, the server aggregates and evaluates the factory."""

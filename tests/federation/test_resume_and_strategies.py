@@ -87,6 +87,7 @@ def test_bad_scenario_file_is_one_line_exit_2(tmp_path):
     assert result.exit_code == 2 and "no-such-scenario" in result.output
 
 
+@pytest.mark.slow  # ~15 s run; refusals stay in tests/sealing
 def test_a_run_in_which_every_site_refuses_fails_with_the_reasons(tmp_path):
     """Virtual nodes require DP-SGD by default: a no-DP scenario trains nothing. That is a
     failed run (exit 1, run.json ``failed``, no "final" model), with each site's reason shown
