@@ -31,6 +31,7 @@ from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
 from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.utils.tensor_utils import unfold2d
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from fedmodel.training.errors import TrainingError
 
@@ -66,6 +67,59 @@ def conv2d_weight_grad_sample(layer: nn.Conv2d, activations: Tensor, backprops: 
         dilation=layer.dilation,
     )  # [B, in*kh*kw, T]
     return torch.bmm(backprops.flatten(2), cols.transpose(1, 2))
+
+
+def _channels_last_cols(layer: nn.Conv2d, activations: Tensor) -> Tensor:
+    """im2col as ``[B, T, kh*kw*in]`` (kernel offset major, input channel minor).
+
+    Read from a channels-last view, each patch row copies ``kw * in`` contiguous floats, where
+    the channels-first ``unfold2d`` gathers single elements ``stride`` apart: measured 2x faster
+    for fedmodel's second CNN convolution (16 channels, 4x4), no faster with one input channel.
+    """
+    kh, kw = layer.kernel_size
+    sh, sw = layer.stride
+    ph, pw = layer.padding  # type: ignore[misc]  (_simple_conv: numeric zero padding)
+    dh, dw = layer.dilation
+    x = activations.permute(0, 2, 3, 1)  # [B, H, W, in]; a view until padded or made contiguous
+    x = F.pad(x, (0, 0, pw, pw, ph, ph)) if ph or pw else x.contiguous()
+    n, height, width, channels = x.shape
+    out_h = (height - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width - dw * (kw - 1) - 1) // sw + 1
+    s_n, s_h, s_w, s_c = x.stride()
+    patches = x.as_strided(
+        (n, out_h, out_w, kh, kw, channels), (s_n, s_h * sh, s_w * sw, s_h * dh, s_w * dw, s_c)
+    )
+    return patches.reshape(n, out_h * out_w, kh * kw * channels)
+
+
+def _conv_terms(layer: nn.Conv2d, a: Tensor, g: Tensor) -> _LayerGrads:
+    """Plain convolutions: per-sample weight gradients materialised (the Gram form costs
+    ``T^2 (d_in + d_out)`` against ``T d_in d_out``: far more for early, wide feature maps).
+    Layers with several input channels use the channels-last im2col (``_channels_last_cols``);
+    their per-sample gradients are then ``[B, out, kh, kw, in]`` and only the clipped sum, one
+    tensor the size of the weight, is permuted back."""
+    grads: dict[nn.Parameter, Tensor] = {}
+    channels_last = layer.in_channels > 1 and not isinstance(layer.padding, str)
+    if layer.weight.requires_grad:
+        a = a.to(g.dtype)
+        if channels_last:
+            ws = torch.bmm(g.flatten(2), _channels_last_cols(layer, a))
+        else:
+            ws = conv2d_weight_grad_sample(layer, a, g)
+        grads[layer.weight] = ws
+    if layer.bias is not None and layer.bias.requires_grad:
+        grads[layer.bias] = g.sum(dim=(2, 3))
+    terms = _per_sample_terms(grads)
+    if not channels_last or not layer.weight.requires_grad:
+        return terms  # sums in the weight's own order; backward views them as the weight
+    out_c, in_c, kh, kw = layer.weight.shape
+
+    def clipped(coef: Tensor) -> dict[nn.Parameter, Tensor]:
+        sums = terms.clipped(coef)
+        w = sums[layer.weight].view(out_c, kh, kw, in_c).permute(0, 3, 1, 2)
+        return {**sums, layer.weight: w.contiguous()}
+
+    return _LayerGrads(terms.sq_norms, clipped)
 
 
 def conv2d_norm_sample(
@@ -175,13 +229,7 @@ def _layer_terms(layer: nn.Module, a: Tensor, g: Tensor) -> _LayerGrads:
     if type(layer) is nn.Linear:
         return _linear_terms(layer, a, g)
     if type(layer) is nn.Conv2d and _simple_conv(layer):
-        grads: dict[nn.Parameter, Tensor] = {}
-        if layer.weight.requires_grad:
-            ws = conv2d_weight_grad_sample(layer, a.to(g.dtype), g)
-            grads[layer.weight] = ws.view(g.shape[0], *layer.weight.shape)
-        if layer.bias is not None and layer.bias.requires_grad:
-            grads[layer.bias] = g.sum(dim=(2, 3))
-        return _per_sample_terms(grads)
+        return _conv_terms(layer, a, g)
     sampler = GradSampleModule.GRAD_SAMPLERS[type(layer)]
     grads = {p: gs for p, gs in sampler(layer, [a], g).items() if p.requires_grad}
     return _per_sample_terms(grads)

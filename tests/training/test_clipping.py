@@ -80,6 +80,34 @@ def test_sequence_linear_both_norm_paths_match_opacus(monkeypatch, per_example_l
     assert_same(model, x, labels=torch.tensor([0, 1, 2, 0, 1]))
 
 
+class ConvNet(nn.Module):
+    def __init__(self, conv: nn.Conv2d, image: int) -> None:
+        super().__init__()
+        self.conv = conv
+        with torch.no_grad():
+            flat = conv(torch.zeros(1, conv.in_channels, image, image)).numel()
+        self.head = nn.Linear(flat, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 4, kernel_size=3, stride=1, padding=1),  # channels-last im2col, padded
+        nn.Conv2d(2, 5, kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+        nn.Conv2d(1, 4, kernel_size=3, stride=2),  # one input channel: channels-first im2col
+        nn.Conv2d(3, 4, kernel_size=3, padding="same", bias=False),
+    ],
+    ids=["padded", "rectangular-dilated", "one-channel", "same-no-bias"],
+)
+def test_fast_conv_layouts_match_opacus(conv):
+    torch.manual_seed(0)
+    model = ConvNet(conv, image=9)
+    assert_same(model, torch.randn(6, conv.in_channels, 9, 9), labels=torch.arange(6) % 3)
+
+
 def test_frozen_layers_and_partial_trainability():
     torch.manual_seed(0)
     model = SeqNet()
