@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from opacus.grad_sample import GradSampleModule, register_norm_sampler
+from opacus.grad_sample import GradSampleModule, register_grad_sampler, register_norm_sampler
 from opacus.grad_sample.conv import compute_conv_grad_sample
 from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
     GradSampleHooksFastGradientClipping,
@@ -57,10 +57,11 @@ def _simple_conv(layer: nn.Conv2d) -> bool:
 def conv2d_weight_grad_sample(layer: nn.Conv2d, activations: Tensor, backprops: Tensor) -> Tensor:
     """Per-sample weight gradients ``[B, out, in*kh*kw]`` of a plain convolution via unfold + bmm.
 
-    ``unfold2d`` is Opacus' strided-view im2col, measured ~2x faster than ``F.unfold`` here.
+    ``unfold2d`` is Opacus' strided-view im2col, measured ~2x faster than ``F.unfold`` here. It
+    needs a contiguous channels-first input (see ``conv_grad_sample``).
     """
     cols = unfold2d(
-        activations,
+        activations.contiguous(),
         kernel_size=layer.kernel_size,
         padding=layer.padding,
         stride=layer.stride,
@@ -122,12 +123,36 @@ def _conv_terms(layer: nn.Conv2d, a: Tensor, g: Tensor) -> _LayerGrads:
     return _LayerGrads(terms.sq_norms, clipped)
 
 
+def conv_grad_sample(
+    layer: nn.Conv2d | nn.Conv3d, activations: list[Tensor], backprops: Tensor
+) -> dict[nn.Parameter, Tensor]:
+    """Opacus' convolution grad sampler, on a contiguous copy of the layer's input.
+
+    Opacus' ``unfold2d`` and ``unfold3d`` read the spatial strides as if the input were
+    contiguous and channels-first. On a channels-last input (``model.to(memory_format=
+    torch.channels_last)``, a common speed setting) they build patches from the wrong elements:
+    per-sample gradients and norms come out wrong and the clipping bound no longer holds, with
+    no error (``tests/training/test_channels_last_clipping.py``). The copy is a no-op for the
+    usual contiguous input.
+    """
+    return compute_conv_grad_sample(layer, [activations[0].contiguous()], backprops)
+
+
+def register_conv_grad_sampler() -> None:
+    """Make Opacus' per-sample modes use ``conv_grad_sample`` for 2-D and 3-D convolutions;
+    idempotent and process-wide, like ``register_conv_norm_sampler`` (a correction, not a new
+    behaviour: contiguous inputs give the same result as before)."""
+    for cls in (nn.Conv2d, nn.Conv3d):
+        if GradSampleModule.GRAD_SAMPLERS.get(cls) is not conv_grad_sample:
+            register_grad_sampler(cls)(conv_grad_sample)
+
+
 def conv2d_norm_sample(
     layer: nn.Conv2d, activations: list[Tensor], backprops: Tensor
 ) -> dict[nn.Parameter, Tensor]:
     """Ghost-clipping norm sampler for ``nn.Conv2d``: per-sample gradient norms per parameter."""
     if not _simple_conv(layer):
-        grads = compute_conv_grad_sample(layer, activations, backprops)
+        grads = conv_grad_sample(layer, activations, backprops)
         return {p: g.flatten(1).norm(2, dim=1) for p, g in grads.items()}
     out: dict[nn.Parameter, Tensor] = {}
     if layer.weight.requires_grad:

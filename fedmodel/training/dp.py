@@ -45,6 +45,7 @@ from fedmodel.privacy.accountant import (
 from fedmodel.training.clipping import (
     BookKeepingClipper,
     BookKeepingDPOptimizer,
+    register_conv_grad_sampler,
     register_conv_norm_sampler,
 )
 from fedmodel.training.errors import TrainingError
@@ -235,6 +236,7 @@ def _make_opacus(
     common: dict,
 ) -> PrivateTraining:
     """``per-sample`` and ``ghost``: Opacus' own ``make_private``."""
+    register_conv_grad_sampler()  # channels-last convolution inputs: see conv_grad_sample
     ghost = common["clipping"] == "ghost"
     if ghost:
         register_conv_norm_sampler()
