@@ -264,15 +264,18 @@ def e1_mnist(args: argparse.Namespace) -> dict[str, Any]:
     tried: list[dict[str, Any]] = []
     if len(picks) > 1 or args.mnist_validation_always:
         fit = MNIST_TRAIN_ROWS - args.mnist_validation
-        trials = [_with_train_limit(apply_overrides(base, MNIST_GRID[i], f"E1[{i}]"), fit,
+        # No server evaluation in selection runs: it would score the test images every round.
+        trials = [_with_train_limit(apply_overrides(base, {**MNIST_GRID[i],
+                                                           "evaluation.server": "none"},
+                                                    f"E1[{i}]"), fit,
                                     f"E1[{i}] selection") for i in picks]  # fmt: skip
         validation = mnist_validation(trials, args.mnist_validation)
         for i, trial in zip(picks, trials, strict=True):
             summary = run(trial, f"e1-mnist-{i}")
             tried.append({"grid": i, "overrides": MNIST_GRID[i],
                           "validation_accuracy": validation_accuracy(summary, validation),
-                          "epsilon": summary["epsilon"], "wall_s": summary["wall_s"],
-                          "curve": summary["curve"]})  # fmt: skip
+                          "epsilon": summary["epsilon"],
+                          "wall_s": summary["wall_s"]})  # fmt: skip
             print(f"E1[{i}] {MNIST_GRID[i]}: validation acc {tried[-1]['validation_accuracy']:.4f}"
                   f" eps {summary['epsilon']:.3f} ({summary['wall_s']} s)", flush=True)  # fmt: skip
         chosen_grid = max(tried, key=lambda t: t["validation_accuracy"])["grid"]
