@@ -346,6 +346,7 @@ class BookKeepingClipper:
 
     def __init__(self, model: nn.Module, max_grad_norm: float) -> None:
         check_fast_supported(model)
+        register_conv_grad_sampler()  # grouped convolutions fall back to it (_layer_terms)
         self.max_grad_norm = float(max_grad_norm)
         self._params = [p for p in model.parameters() if p.requires_grad]
         self._records: dict[nn.Module, tuple[Tensor, Tensor]] = {}

@@ -60,9 +60,9 @@ def reference_norms(per_sample: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack([g.flatten(1).norm(dim=1) for g in per_sample.values()], 1).norm(dim=1)
 
 
-@pytest.mark.parametrize("padding", [1, "same"])
-def test_fast_clipping_norms_and_sums_hold_on_channels_last_inputs(padding):
-    model, x, y = channels_last_case(padding)
+@pytest.mark.parametrize("padding,groups", [(1, 1), ("same", 1), (1, 2)])
+def test_fast_clipping_norms_and_sums_hold_on_channels_last_inputs(padding, groups):
+    model, x, y = channels_last_case(padding, groups)
     ref = reference_grads(model, x, y)
     clipper = BookKeepingClipper(model, CLIP)
     norms = clipper.backward(F.cross_entropy(model(x), y, reduction="none"))
