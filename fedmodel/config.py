@@ -73,12 +73,16 @@ class ModelConfig(StrictModel):
     hidden_sizes: list[int] = Field(default_factory=lambda: [64, 32], description="MLP only")
     cnn_channels: list[int] = Field(default_factory=lambda: [16, 32], description="CNN only")
     bert_layers: int = Field(6, ge=1, le=6, description="MiniLM encoder layers kept")
-    bert_trainable: Literal["head", "top-k", "lora", "bitfit", "all-but-embeddings"] = Field(
+    bert_trainable: Literal[
+        "head", "top-k", "lora", "lora-top-k", "bitfit", "all-but-embeddings"
+    ] = Field(
         "head",
         description="MiniLM: what trains besides the head (embeddings always frozen); see "
         "fedmodel.models.bert",
     )
-    bert_top_k: int = Field(1, ge=1, le=6, description="MiniLM top-k: encoder layers trained")
+    bert_top_k: int = Field(
+        1, ge=1, le=6, description="MiniLM top-k, lora-top-k: encoder layers trained"
+    )
     bert_lora_rank: int = Field(8, ge=1, le=64, description="MiniLM lora: adapter rank")
     bert_lora_alpha: float = Field(16.0, gt=0, description="MiniLM lora: scale alpha / rank")
     bert_normalize: bool = Field(

