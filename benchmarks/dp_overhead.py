@@ -189,6 +189,24 @@ def measure(
     return result
 
 
+def gemm_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """Dense float32 matmul throughput at the configured threads: a fingerprint of the CPU.
+
+    The ratios depend on the machine: a CPU with slow matrix units makes the plain step (mostly
+    matmuls and convolutions) slower while DP's fixed per-operation costs stay, so the same
+    code measures a lower ratio there. The JSON keeps this number so runs on different
+    machines can be told apart.
+    """
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=g), torch.randn(size, size, generator=g)
+    for _ in range(2):
+        a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -214,6 +232,7 @@ def main() -> None:
         "opacus": opacus.__version__,
         "threads": args.threads,
         "cpu": platform.processor() or platform.machine(),
+        "gemm_gflops": round(gemm_gflops(), 1),
         "rounds": args.rounds,
         "cpu_rounds": args.cpu_rounds,
         "loadavg_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],

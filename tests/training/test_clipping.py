@@ -190,3 +190,33 @@ def test_an_example_that_overflows_is_dropped_not_leaked(model_name, poison):
     for r, gr in zip(ref, got, strict=True):
         assert torch.isfinite(gr).all()
         torch.testing.assert_close(gr, r, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("secure_mode", [False, True])
+def test_fused_noise_and_scaling_are_bitwise_opacus(secure_mode):
+    """``BookKeepingDPOptimizer`` adds noise and divides with ``torch._foreach`` calls; with the
+    same generator the gradients it hands the optimizer are bitwise Opacus' own."""
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+
+    from fedmodel.training.clipping import BookKeepingDPOptimizer
+
+    g = torch.Generator().manual_seed(3)
+    batches = [[torch.randn(3, 4, generator=g), torch.randn(5, generator=g)] for _ in range(2)]
+
+    def noised(cls) -> list[torch.Tensor]:
+        params = [nn.Parameter(torch.zeros(3, 4)), nn.Parameter(torch.zeros(5))]
+        opt = cls(torch.optim.SGD(params, lr=0.1), noise_multiplier=1.3, max_grad_norm=0.7,
+                  expected_batch_size=8, loss_reduction="mean", secure_mode=secure_mode,
+                  generator=torch.Generator().manual_seed(5))  # fmt: skip
+        for grads in batches:  # two physical batches, one logical step
+            for p, grad in zip(params, grads, strict=True):
+                p.grad = grad.clone()
+            opt.accumulate()
+        for p, grad in zip(params, batches[-1], strict=True):
+            p.grad = grad.clone()  # pre_step accumulates the last batch itself
+        assert opt.pre_step()
+        return [p.grad for p in params]
+
+    ours, theirs = noised(BookKeepingDPOptimizer), noised(DPOptimizerFastGradientClipping)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
