@@ -89,19 +89,26 @@ def test_opacus_per_sample_gradients_match_autograd(lora_model):
             p.grad_sample = None
 
 
-def test_fast_clipping_sum_matches_clipped_autograd(lora_model):
-    ids, mask, labels = _batch()
-    expected = clipped_sum(per_example_grads(lora_model, ids, mask, labels), CLIP)
-    clipper = BookKeepingClipper(lora_model, CLIP)
+def assert_fast_sum_matches(model, inputs: tuple[torch.Tensor, ...], ids, mask, labels) -> None:
+    """Fast clipping on ``model(*inputs)`` writes the clipped per-example autograd sum (the
+    reference runs the whole model from token ids, one example at a time)."""
+    expected = clipped_sum(per_example_grads(model, ids, mask, labels), CLIP)
+    assert set(expected) == {n for n, _ in _params(model)}
+    clipper = BookKeepingClipper(model, CLIP)
     try:
-        losses = F.cross_entropy(lora_model(ids, mask), labels, reduction="none")
+        losses = F.cross_entropy(model(*inputs), labels, reduction="none")
         norms = clipper.backward(losses)
     finally:
         clipper.remove()
     assert bool((norms > CLIP).all())  # every example really was clipped
-    for name, p in _params(lora_model):
+    for name, p in _params(model):
         torch.testing.assert_close(p.grad, expected[name], atol=1e-6, rtol=1e-4)
         p.grad = None
+
+
+def test_fast_clipping_sum_matches_clipped_autograd(lora_model):
+    ids, mask, labels = _batch()
+    assert_fast_sum_matches(lora_model, (ids, mask), ids, mask, labels)
 
 
 def test_top_layer_adapters_from_cached_trunk_match_autograd_from_tokens():
@@ -112,15 +119,4 @@ def test_top_layer_adapters_from_cached_trunk_match_autograd_from_tokens():
     model = with_b_weights(build_model(cfg, (SEQ,), 2, seed=0))
     assert model.frozen_layers == 1
     ids, mask, labels = _batch()
-    expected = clipped_sum(per_example_grads(model, ids, mask, labels), CLIP)
-    states = model.trunk(ids, mask)
-    clipper = BookKeepingClipper(model, CLIP)
-    try:
-        losses = F.cross_entropy(model(states, mask), labels, reduction="none")
-        norms = clipper.backward(losses)
-    finally:
-        clipper.remove()
-    assert bool((norms > CLIP).all())
-    assert set(expected) == {n for n, _ in _params(model)}
-    for name, p in _params(model):
-        torch.testing.assert_close(p.grad, expected[name], atol=1e-6, rtol=1e-4)
+    assert_fast_sum_matches(model, (model.trunk(ids, mask), mask), ids, mask, labels)
