@@ -143,7 +143,13 @@ class DPConfig(StrictModel):
         description="Poisson sampling, as the accountant assumes; federated runs and train-local "
         "refuse false (only timing benchmarks call DP-SGD with fixed batches)",
     )
-    max_physical_batch_size: int | None = Field(None, gt=0, description="BatchMemoryManager")
+    max_physical_batch_size: int | None = Field(
+        None,
+        gt=0,
+        description="split each logical batch into physical batches of at most this size "
+        "(Opacus' BatchMemoryManager); text rows go in order of length, so each physical batch "
+        "pads only to its own longest row",
+    )
     clipping: Literal["per-sample", "ghost", "fast"] = Field(
         "fast",
         description="per-sample: Opacus hooks; ghost: Opacus ghost clipping; fast: book-keeping "

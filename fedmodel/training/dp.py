@@ -27,7 +27,7 @@ import torch
 from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader, switch_generator
 from opacus.optimizers import DPOptimizer
-from opacus.utils.batch_memory_manager import BatchMemoryManager
+from opacus.utils.batch_memory_manager import BatchMemoryManager, BatchSplittingSampler
 from opacus.validators import ModuleValidator
 from opacus.validators.errors import UnsupportedModuleError
 from torch import Tensor, nn
@@ -120,11 +120,13 @@ class PrivateTraining:
     max_physical_batch_size: int | None
     _backward: Callable[[Tensor, Tensor], Tensor]
     _cleanup: Callable[[], None]
+    row_lengths: Tensor | None = None  # tokens per row of text rows (sorts physical batches)
     _closed: bool = field(default=False, repr=False)
 
     @contextmanager
     def batches(self) -> Iterator[DataLoader]:
-        """One epoch's loader: logical Poisson batches, split if ``max_physical_batch_size``."""
+        """One epoch's loader: logical Poisson batches, split if ``max_physical_batch_size``
+        (text rows by length: ``LengthSortedSplittingSampler``)."""
         if self.max_physical_batch_size is None:
             ctx = nullcontext(self.loader)
         else:
@@ -134,6 +136,8 @@ class PrivateTraining:
                 optimizer=self.optimizer,
             )
         with ctx as loader:
+            if self.row_lengths is not None and self.max_physical_batch_size is not None:
+                loader = _sorted_by_length(loader, self.row_lengths)
             yield loader
 
     def backward(self, logits: Tensor, labels: Tensor) -> Tensor:
@@ -185,6 +189,7 @@ def make_private(
     prior_history: Sequence[Sequence[float]] = (),
     noise_generator: torch.Generator | None = None,
     clipping: ClippingMode | None = None,
+    row_lengths: Tensor | None = None,
 ) -> PrivateTraining:
     """Wrap ``model``/``optimizer``/``loader`` for DP-SGD as ``dp_cfg`` says.
 
@@ -192,7 +197,9 @@ def make_private(
     sampling its sampler is replaced (sample rate ``1/len(loader)``) and its ``generator``
     seeds the sampling. ``planned_total_steps`` is what target-epsilon calibration assumes on
     top of ``prior_history``; by default the ``epochs * len(loader)`` steps of this call.
-    ``clipping`` overrides ``dp_cfg.clipping`` (e.g. ``"fast"``).
+    ``clipping`` overrides ``dp_cfg.clipping`` (e.g. ``"fast"``). ``row_lengths`` (tokens per
+    row of text rows, in dataset order) sorts physical batches by length when
+    ``dp_cfg.max_physical_batch_size`` splits them.
     """
     mode = clipping or dp_cfg.clipping
     if mode not in CLIPPING_MODES:
@@ -221,6 +228,7 @@ def make_private(
         "clipping": mode,
         "engine": engine,
         "max_physical_batch_size": dp_cfg.max_physical_batch_size,
+        "row_lengths": row_lengths,
     }
     if mode == "fast":
         return _make_fast(model, optimizer, loader, dp_cfg, noise_generator, common)
@@ -308,6 +316,59 @@ def _make_fast(
         _backward=_per_sample_backward(clipper.backward),
         _cleanup=clipper.remove,
         **common,
+    )
+
+
+class LengthSortedSplittingSampler(BatchSplittingSampler):
+    """Opacus' physical-batch splitting, with each logical batch's rows sorted by length first.
+
+    A text model cuts each batch to its longest row, so a physical batch of mixed lengths pays
+    for the longest one in every row. Sorted, the short rows share batches and the long rows
+    share theirs: for Rotten Tomatoes snippets (mean ~25 tokens, cut at 64) a 512-row logical
+    batch split in four costs about half as much. Privacy is unchanged: the logical batch is
+    the same Poisson sample, each example's gradient is clipped on its own, and the noise is
+    added once to the sum of the physical batches; only the order of summation differs.
+    """
+
+    def __init__(
+        self,
+        *,
+        sampler: BatchSplittingSampler,
+        lengths: Tensor,
+    ) -> None:
+        super().__init__(
+            sampler=sampler.sampler,
+            max_batch_size=sampler.max_batch_size,
+            optimizer=sampler.optimizer,
+        )
+        self.lengths = lengths
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch_idxs in self.sampler:
+            if len(batch_idxs) == 0:
+                self.optimizer.signal_skip_step(do_skip=False)
+                yield []
+                continue
+            index = torch.as_tensor(list(batch_idxs), dtype=torch.int64)
+            ordered = index[torch.argsort(self.lengths[index], stable=True)]
+            chunks = ordered.tensor_split(-(-len(ordered) // self.max_batch_size))
+            for i, chunk in enumerate(chunks):
+                self.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
+                yield chunk.tolist()
+
+
+def _sorted_by_length(loader: DataLoader, lengths: Tensor) -> DataLoader:
+    """``loader`` (Opacus' physical-batch loader) with ``LengthSortedSplittingSampler``."""
+    splitting = loader.batch_sampler
+    if not isinstance(splitting, BatchSplittingSampler):
+        raise TrainingError("dp: length-sorted batches need Opacus' physical-batch loader")
+    return DataLoader(
+        dataset=loader.dataset,
+        batch_sampler=LengthSortedSplittingSampler(sampler=splitting, lengths=lengths),
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        generator=loader.generator,
     )
 
 

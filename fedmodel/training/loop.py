@@ -31,6 +31,7 @@ from fedmodel.training.errors import TrainingError
 from fedmodel.training.inference import eval_mode
 from fedmodel.training.metrics import EvalMetrics, compute_metrics
 from fedmodel.training.optim import build_optimizer, build_scheduler
+from fedmodel.training.trunk import row_lengths
 
 Proximal = tuple[float, Mapping[str, Tensor]]
 
@@ -161,6 +162,7 @@ def train(
             planned_total_steps,
             prior,
             clipping,
+            row_lengths(dataset) if dp_cfg.max_physical_batch_size else None,
         )
         prox_handle = _attach_proximal(model, optimizer, proximal, device)
         try:
@@ -182,6 +184,7 @@ def _open_session(
     planned_total_steps: int | None,
     prior: list[HistoryEntry],
     clipping: ClippingMode | None,
+    lengths: Tensor | None = None,
 ) -> PrivateTraining | _PlainTraining:
     if not dp_cfg.enabled:
         return _PlainTraining(model, optimizer, loader)
@@ -197,6 +200,7 @@ def _open_session(
         prior_history=prior,
         noise_generator=noise_gen,
         clipping=clipping,
+        row_lengths=lengths,
     )
 
 

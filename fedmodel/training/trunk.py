@@ -101,6 +101,22 @@ def text_tensors(dataset: Dataset) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(torch.cat([b[i] for b in batches]) for i in range(3))  # type: ignore[return-value]
 
 
+def row_lengths(dataset: Dataset) -> Tensor | None:
+    """Tokens per row of text rows - ``(token ids or trunk outputs, attention mask, label)``
+    held in a ``TensorDataset`` or a ``Subset`` of one - in dataset order; None for any other
+    data (nothing is read through a loader to find out)."""
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    if not (isinstance(base, TensorDataset) and len(base.tensors) == 3):
+        return None
+    mask = base.tensors[1]
+    if mask.dim() != 2 or mask.is_floating_point():
+        return None
+    lengths = mask.sum(1)
+    if isinstance(dataset, Subset):
+        lengths = lengths[torch.as_tensor(list(dataset.indices), dtype=torch.int64)]
+    return lengths
+
+
 def trunk_rows(
     model: nn.Module,
     dataset: Dataset,

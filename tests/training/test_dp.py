@@ -69,6 +69,36 @@ def test_physical_batches_change_nothing(images, mode):
         torch.testing.assert_close(split.state_dict[k], v, atol=1e-6, rtol=1e-5)
 
 
+def test_text_physical_batches_are_sorted_by_length_and_change_nothing():
+    """Text rows split into physical batches by length (short rows together): each physical
+    batch pads to less, and the step, noise and accounting are those of the whole batch."""
+    g = torch.Generator().manual_seed(4)
+    lengths = torch.randint(2, 17, (64,), generator=g)
+    mask = (torch.arange(16)[None, :] < lengths[:, None]).long()
+    ids = torch.randint(1000, 5000, (64, 16), generator=g) * mask
+    text = torch.utils.data.Subset(
+        TensorDataset(ids, mask, torch.randint(0, 2, (64,), generator=g)), range(4, 64)
+    )
+    cfg = ModelConfig(name="minilm", bert_layers=1, bert_trainable="top-k", bert_top_k=1)
+    dp = DPConfig(noise_multiplier=1.0, max_grad_norm=0.5, accountant="rdp")
+    cfg_train = TRAIN.model_copy(update={"batch_size": 20})
+
+    def run_text(dp_cfg: DPConfig) -> tuple[object, list[torch.Tensor]]:
+        model = build_model(cfg, (16,), 2, seed=0)
+        seen: list[torch.Tensor] = []
+        model.register_forward_pre_hook(lambda _m, args: seen.append(args[1].sum(1)))
+        result = train(model, text, train_cfg=cfg_train, optim_cfg=SGD, dp_cfg=dp_cfg,
+                       clipping="fast")  # fmt: skip
+        return result, seen
+
+    whole, _ = run_text(dp)
+    split, batches = run_text(dp.model_copy(update={"max_physical_batch_size": 6}))
+    assert split.steps == whole.steps == 3 and split.history == whole.history
+    assert len(batches) > split.steps and all(bool((b[1:] >= b[:-1]).all()) for b in batches)
+    for k, v in whole.state_dict.items():
+        torch.testing.assert_close(split.state_dict[k], v, atol=1e-6, rtol=1e-5)
+
+
 def test_target_epsilon_calibration_lands_within_two_percent(rows):
     """PRV (the default accountant) calibrated for the 16 steps this call really runs."""
     dp = DPConfig(target_epsilon=4.0)
