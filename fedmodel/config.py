@@ -83,8 +83,10 @@ class ModelConfig(StrictModel):
     bert_top_k: int = Field(
         1, ge=1, le=6, description="MiniLM top-k, lora-top-k: encoder layers trained"
     )
-    bert_lora_rank: int = Field(8, ge=1, le=64, description="MiniLM lora: adapter rank")
-    bert_lora_alpha: float = Field(16.0, gt=0, description="MiniLM lora: scale alpha / rank")
+    bert_lora_rank: int = Field(8, ge=1, le=64, description="MiniLM lora, lora-top-k: adapter rank")
+    bert_lora_alpha: float = Field(
+        16.0, gt=0, description="MiniLM lora, lora-top-k: scale alpha / rank"
+    )
     bert_normalize: bool = Field(
         False,
         description="MiniLM: unit-length sentence vectors before the head (the checkpoint's "

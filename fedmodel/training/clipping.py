@@ -176,7 +176,8 @@ def register_conv_norm_sampler() -> None:
 
 @dataclass
 class _LayerGrads:
-    """One layer's per-sample squared norms and how to form its clipped gradient sum."""
+    """One layer's per-sample norms (one per part: parameter, or weight and bias together) and
+    how to form its clipped gradient sum."""
 
     norms: list[Tensor]  # [B] each: the norms of parts whose squares sum to the layer's
     clipped: Callable[[Tensor], dict[nn.Parameter, Tensor]]  # coef [B] -> summed grads
@@ -277,10 +278,16 @@ def _group_norm_terms(layer: nn.GroupNorm, a: Tensor, g: Tensor) -> _LayerGrads:
     grads: dict[nn.Parameter, Tensor] = {}
     if layer.weight is not None and layer.weight.requires_grad:
         normalised = F.group_norm(a, layer.num_groups, eps=layer.eps)
-        grads[layer.weight] = (normalised * g).flatten(2).sum(2)
+        grads[layer.weight] = _sum_positions(normalised * g)
     if layer.bias is not None and layer.bias.requires_grad:
-        grads[layer.bias] = g.flatten(2).sum(2)
+        grads[layer.bias] = _sum_positions(g)
     return _per_sample_terms(grads)
+
+
+def _sum_positions(t: Tensor) -> Tensor:
+    """``[B, C, *positions] -> [B, C]``; a ``[B, C]`` input (GroupNorm after a Linear, as
+    ``ModuleValidator.fix`` makes of a BatchNorm1d) has no positions to sum."""
+    return t if t.dim() == 2 else t.flatten(2).sum(2)
 
 
 def _layer_terms(layer: nn.Module, a: Tensor, g: Tensor) -> _LayerGrads:
@@ -319,7 +326,8 @@ class BookKeepingDPOptimizer(DPOptimizerFastGradientClipping):
     extra time on a fast CPU). Noise is drawn exactly as in Opacus - the same ``torch.normal``
     calls on the same generator in the same order - so the noised gradients are bitwise those
     of ``DPOptimizerFastGradientClipping`` (``tests/training/test_clipping.py``). Secure mode
-    and zero noise take Opacus' own path.
+    and zero noise take Opacus' own path. The price: all noise tensors exist at once (one more
+    copy of the trainable weights at peak, where Opacus holds one parameter's noise at a time).
     """
 
     def accumulate(self) -> None:
@@ -327,6 +335,8 @@ class BookKeepingDPOptimizer(DPOptimizerFastGradientClipping):
             if p.summed_grad is not None:
                 p.summed_grad.add_(p.grad)
             else:  # the clipper's grads carry no graph; detach only what might
+                # summed_grad *is* this p.grad: PrivateTraining.step zeroes with
+                # set_to_none=True, which drops the reference instead of zeroing the sum
                 p.summed_grad = p.grad.detach() if p.grad.requires_grad else p.grad
 
     def add_noise(self) -> None:

@@ -33,7 +33,7 @@ from opacus.validators.errors import UnsupportedModuleError
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.optim import Optimizer
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from fedmodel.config import DPConfig
 from fedmodel.privacy.accountant import (
@@ -129,6 +129,12 @@ class PrivateTraining:
         (text rows by length: ``LengthSortedSplittingSampler``)."""
         if self.max_physical_batch_size is None:
             ctx = nullcontext(self.loader)
+        elif self.row_lengths is not None:
+            ctx = nullcontext(
+                _length_sorted_loader(
+                    self.loader, self.max_physical_batch_size, self.optimizer, self.row_lengths
+                )
+            )
         else:
             ctx = BatchMemoryManager(
                 data_loader=self.loader,
@@ -136,8 +142,6 @@ class PrivateTraining:
                 optimizer=self.optimizer,
             )
         with ctx as loader:
-            if self.row_lengths is not None and self.max_physical_batch_size is not None:
-                loader = _sorted_by_length(loader, self.row_lengths)
             yield loader
 
     def backward(self, logits: Tensor, labels: Tensor) -> Tensor:
@@ -333,14 +337,12 @@ class LengthSortedSplittingSampler(BatchSplittingSampler):
     def __init__(
         self,
         *,
-        sampler: BatchSplittingSampler,
+        sampler: Sampler[list[int]],
+        max_batch_size: int,
+        optimizer: DPOptimizer,
         lengths: Tensor,
     ) -> None:
-        super().__init__(
-            sampler=sampler.sampler,
-            max_batch_size=sampler.max_batch_size,
-            optimizer=sampler.optimizer,
-        )
+        super().__init__(sampler=sampler, max_batch_size=max_batch_size, optimizer=optimizer)
         self.lengths = lengths
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -357,18 +359,30 @@ class LengthSortedSplittingSampler(BatchSplittingSampler):
                 yield chunk.tolist()
 
 
-def _sorted_by_length(loader: DataLoader, lengths: Tensor) -> DataLoader:
-    """``loader`` (Opacus' physical-batch loader) with ``LengthSortedSplittingSampler``."""
-    splitting = loader.batch_sampler
-    if not isinstance(splitting, BatchSplittingSampler):
-        raise TrainingError("dp: length-sorted batches need Opacus' physical-batch loader")
+def _length_sorted_loader(
+    loader: DataLoader, max_batch_size: int, optimizer: DPOptimizer, lengths: Tensor
+) -> DataLoader:
+    """What ``BatchMemoryManager`` makes of ``loader`` (Opacus' ``wrap_data_loader``: the same
+    loader settings), with ``LengthSortedSplittingSampler`` as its batch sampler."""
+    if loader.batch_sampler is None:
+        raise TrainingError("dp: physical batches need a loader with a batch sampler")
     return DataLoader(
         dataset=loader.dataset,
-        batch_sampler=LengthSortedSplittingSampler(sampler=splitting, lengths=lengths),
+        batch_sampler=LengthSortedSplittingSampler(
+            sampler=loader.batch_sampler,
+            max_batch_size=max_batch_size,
+            optimizer=optimizer,
+            lengths=lengths,
+        ),
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
         generator=loader.generator,
+        prefetch_factor=loader.prefetch_factor,
+        persistent_workers=loader.persistent_workers,
     )
 
 

@@ -58,6 +58,23 @@ def test_cnn_conv_groupnorm_linear_match_opacus():
     assert_same(model, x, labels=torch.arange(8) % 10)
 
 
+@pytest.mark.parametrize("shape", [(5,), (3, 4, 4)], ids=["flat", "image"])
+def test_group_norm_on_flat_and_spatial_inputs_matches_opacus(shape):
+    """GroupNorm after a Linear (what ``ModuleValidator.fix`` makes of a BatchNorm1d) sees
+    ``[B, C]`` inputs; after a convolution, ``[B, C, H, W]``. Both match Opacus' rule."""
+    channels = 8
+    first = nn.Linear(5, channels) if len(shape) == 1 else nn.Conv2d(3, channels, 3)
+    torch.manual_seed(0)
+    model = nn.Sequential(first, nn.GroupNorm(2, channels), nn.Tanh(), nn.Flatten(),
+                          nn.LazyLinear(3))  # fmt: skip
+    x = torch.randn(6, *shape, generator=torch.Generator().manual_seed(2))
+    model(x)  # materialise the lazy layer
+    with torch.no_grad():  # away from the initial 1 / 0 so the weight term is exercised
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-0.5, 0.5)
+    assert_same(model, x, labels=torch.arange(6) % 3)
+
+
 class SeqNet(nn.Module):
     """Sequence Linear layers + LayerNorm, the shapes of a transformer block."""
 

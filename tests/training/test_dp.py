@@ -77,7 +77,8 @@ def test_text_physical_batches_are_sorted_by_length_and_change_nothing():
     mask = (torch.arange(16)[None, :] < lengths[:, None]).long()
     ids = torch.randint(1000, 5000, (64, 16), generator=g) * mask
     text = torch.utils.data.Subset(
-        TensorDataset(ids, mask, torch.randint(0, 2, (64,), generator=g)), range(4, 64)
+        TensorDataset(ids, mask, torch.randint(0, 2, (64,), generator=g)),
+        torch.randperm(64, generator=g)[:60].tolist(),
     )
     cfg = ModelConfig(name="minilm", bert_layers=1, bert_trainable="top-k", bert_top_k=1)
     dp = DPConfig(noise_multiplier=1.0, max_grad_norm=0.5, accountant="rdp")
@@ -97,6 +98,66 @@ def test_text_physical_batches_are_sorted_by_length_and_change_nothing():
     assert len(batches) > split.steps and all(bool((b[1:] >= b[:-1]).all()) for b in batches)
     for k, v in whole.state_dict.items():
         torch.testing.assert_close(split.state_dict[k], v, atol=1e-6, rtol=1e-5)
+
+
+def _split(sampler, lengths=None) -> tuple[list[list[int]], list[bool]]:
+    """(physical batches, skip signals) from Opacus' splitting sampler or the sorted one."""
+    from opacus.utils.batch_memory_manager import BatchSplittingSampler
+
+    from fedmodel.training.clipping import BookKeepingDPOptimizer
+    from fedmodel.training.dp import LengthSortedSplittingSampler
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = BookKeepingDPOptimizer(torch.optim.SGD([param], lr=0.1), noise_multiplier=1.0,
+                                 max_grad_norm=1.0, expected_batch_size=50)  # fmt: skip
+    kw = {"sampler": sampler, "max_batch_size": 16, "optimizer": opt}
+    split = BatchSplittingSampler(**kw) if lengths is None else (
+        LengthSortedSplittingSampler(**kw, lengths=lengths))  # fmt: skip
+    chunks, signals = [], []
+    for chunk in split:
+        chunks.append(list(chunk))
+        signals.append(opt._step_skip_queue.pop())
+    return chunks, signals
+
+
+def test_length_sorted_splitting_keeps_each_logical_batch_and_its_step_signals():
+    """Each logical Poisson batch comes out whole, in order of length, in chunks of Opacus'
+    sizes, with the optimizer told to skip every chunk but the last (empty batches: a step)."""
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    lengths = torch.randint(1, 65, (200,), generator=torch.Generator().manual_seed(5))
+
+    def poisson():
+        seeded = torch.Generator().manual_seed(7)
+        return UniformWithReplacementSampler(num_samples=200, sample_rate=0.25, generator=seeded)
+
+    logical = [list(b) for b in poisson()] + [[], [9, 3]]
+    chunks, signals = _split([*poisson(), [], [9, 3]], lengths)
+    ref_chunks, ref_signals = _split([*poisson(), [], [9, 3]])
+    assert signals == ref_signals and [len(c) for c in chunks] == [len(c) for c in ref_chunks]
+    groups, current = [], []
+    for chunk, skip in zip(chunks, signals, strict=True):
+        current += chunk
+        if not skip:
+            groups.append(current)
+            current = []
+    assert len(groups) == len(logical) and max(len(b) for b in logical) > 16
+    for got, want in zip(groups, logical, strict=True):
+        assert sorted(got) == sorted(want)
+        assert [int(lengths[i]) for i in got] == sorted(int(lengths[i]) for i in want)
+
+
+def test_row_lengths_only_for_text_rows():
+    from fedmodel.training.trunk import row_lengths
+
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    text = TensorDataset(torch.zeros(3, 3, dtype=torch.long), mask, torch.zeros(3))
+    assert row_lengths(text).tolist() == [2, 1, 3]
+    assert row_lengths(torch.utils.data.Subset(text, [2, 0])).tolist() == [3, 2]
+    states = TensorDataset(torch.randn(3, 3, 4), mask, torch.zeros(3))  # cached trunk outputs
+    assert row_lengths(states).tolist() == [2, 1, 3]
+    assert row_lengths(TensorDataset(torch.randn(3, 5), torch.zeros(3))) is None
+    assert row_lengths(TensorDataset(torch.randn(3, 3), mask.float(), torch.zeros(3))) is None
 
 
 def test_target_epsilon_calibration_lands_within_two_percent(rows):
