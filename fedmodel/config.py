@@ -87,6 +87,13 @@ class ModelConfig(StrictModel):
     bert_lora_alpha: float = Field(
         16.0, gt=0, description="MiniLM lora, lora-top-k: scale alpha / rank"
     )
+    bert_pool_layers: int = Field(
+        1,
+        ge=1,
+        le=6,
+        description="MiniLM head: pool the mean of the last n layers' token states (1: the "
+        "last layer only, the checkpoint's own pooling)",
+    )
     bert_normalize: bool = Field(
         False,
         description="MiniLM: unit-length sentence vectors before the head (the checkpoint's "

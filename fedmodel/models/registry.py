@@ -103,6 +103,7 @@ def _build(
             lora_rank=cfg.bert_lora_rank,
             lora_alpha=cfg.bert_lora_alpha,
             normalize=cfg.bert_normalize,
+            pool_layers=cfg.bert_pool_layers,
             dropout=cfg.dropout,
         )
     raise ModelError(f"model.name: unknown model {cfg.name!r} (one of {', '.join(MODEL_NAMES)})")

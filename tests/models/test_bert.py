@@ -145,3 +145,36 @@ def test_normalised_sentence_vectors_are_scale_free():
         pooled = model.trunk(ids, mask)
         torch.testing.assert_close(model(pooled, mask), model(ids, mask))
         torch.testing.assert_close(model(3.0 * pooled, mask), model(pooled, mask))
+
+
+def test_pooling_the_last_layers_is_the_mean_of_their_pooled_states():
+    """``bert_pool_layers`` 2 on a 3-layer cut: the mean of layers 2 and 3's mean-pooled
+    states, the same from token ids and from the cached trunk, padding ignored."""
+    cfg = ModelConfig(name="minilm", bert_layers=3, bert_pool_layers=2)
+    model = build_model(cfg, (SEQ,), 2, seed=0).eval()
+    ids, mask = batch()
+    with torch.no_grad():
+        hidden = model._embed(ids)
+        additive = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        pooled = []
+        for layer in model.layers:
+            hidden = layer(hidden, attention_mask=additive)
+            pooled.append(mean_pool(hidden, mask))
+        want = (pooled[1] + pooled[2]) / 2
+        torch.testing.assert_close(model.trunk(ids, mask), want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(model.trunk(ids, mask), mask), model(ids, mask))
+        wide = torch.cat([ids, torch.zeros(4, 8, dtype=ids.dtype)], 1)
+        wide_mask = torch.cat([mask, torch.zeros(4, 8, dtype=mask.dtype)], 1)
+        torch.testing.assert_close(model(wide, wide_mask), model(ids, mask))
+
+
+def test_pool_layers_change_the_trunk_digest_and_need_the_head_only():
+    one = build_model(ModelConfig(name="minilm", bert_layers=2), (SEQ,), 2, seed=0)
+    two = build_model(ModelConfig(name="minilm", bert_layers=2, bert_pool_layers=2), (SEQ,), 2,
+                      seed=0)  # fmt: skip
+    assert one.trunk_digest() != two.trunk_digest()  # a cache of one is stale for the other
+    with pytest.raises(ModelError, match="bert_pool_layers: 2 needs"):
+        build_model(ModelConfig(name="minilm", bert_layers=2, bert_pool_layers=2,
+                                bert_trainable="top-k"), (SEQ,), 2)  # fmt: skip
+    with pytest.raises(ModelError, match="bert_pool_layers: 3 outside"):
+        build_model(ModelConfig(name="minilm", bert_layers=2, bert_pool_layers=3), (SEQ,), 2)
