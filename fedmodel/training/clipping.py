@@ -353,7 +353,7 @@ class BookKeepingDPOptimizer(DPOptimizerFastGradientClipping):
                 0, std, size=s.shape, device=s.device, generator=self.generator, dtype=s.dtype
             )
             for s in summed
-        ]  # fmt: skip  (opacus.optimizers.optimizer._generate_noise, non-secure branch)
+        ]  # as opacus.optimizers.optimizer._generate_noise draws it (non-secure branch)
         for p, grad in zip(self.params, torch._foreach_add(summed, noise), strict=True):
             p.grad = grad if grad.shape == p.shape else grad.view_as(p)
         for s in summed:

@@ -1,12 +1,11 @@
 """The frozen trunk computed once: DP-SGD then runs on the trainable top only.
 
-A model whose lower layers are frozen (``MiniLMClassifier`` with ``head``, ``top-k``
-or ``lora-top-k``) computes
-the same function of each row in those layers in every step of every round. This module runs
-them once over a site's rows, keeps the outputs in the site's cache (:mod:`fedmodel.cache`,
-keyed by the trunk's digest and the rows' digest) and hands the training loop a dataset of
-``(trunk outputs, attention mask, label)`` that the model's ``forward`` accepts in place of
-token ids.
+A model whose lower layers are frozen (``MiniLMClassifier`` with ``head``, ``top-k`` or
+``lora-top-k``) computes the same function of each row in those layers in every step of every
+round. This module runs them once over a site's rows, keeps the outputs in the site's cache
+(:mod:`fedmodel.cache`, keyed by the trunk's digest and the rows' digest) and hands the training
+loop a dataset of ``(trunk outputs, attention mask, label)`` that the model's ``forward``
+accepts in place of token ids.
 
 Why the privacy guarantee is unchanged: the trunk is the public pretrained checkpoint, never
 trained, so its output for a row is a fixed function of that row alone (post-processing of one
