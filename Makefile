@@ -44,7 +44,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest -q -m "not slow" --timeout 900
+	$(VENV)/bin/pytest -q -m "not slow" --timeout 900 -n 2 --dist loadfile
 
 test-all: $(STAMP)
 	$(VENV)/bin/pytest -q --timeout 1800
