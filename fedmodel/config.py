@@ -30,7 +30,7 @@ from fedmodel.task import SiteFiles, TaskConfig
 DatasetName = Literal[
     "mnist", "rotten-tomatoes", "heart", "german-credit", "adult", "digits", "breast-cancer"
 ]
-ModelName = Literal["cnn", "mlp", "minilm", "custom"]
+ModelName = Literal["cnn", "mlp", "minilm", "scatternet", "custom"]
 # "package.module:function": a model factory a site installed and approved (fedmodel.models.custom)
 FACTORY_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 FactorySpec = Annotated[str, StringConstraints(pattern=FACTORY_PATTERN)]
@@ -72,6 +72,13 @@ class ModelConfig(StrictModel):
     dropout: float = Field(0.0, ge=0, lt=1)
     hidden_sizes: list[int] = Field(default_factory=lambda: [64, 32], description="MLP only")
     cnn_channels: list[int] = Field(default_factory=lambda: [16, 32], description="CNN only")
+    scatter_scales: int = Field(
+        2, ge=1, le=3, description="ScatterNet: wavelet scales J (the maps shrink by 2^J)"
+    )
+    scatter_angles: int = Field(8, ge=1, le=16, description="ScatterNet: wavelet angles L")
+    scatter_groups: int = Field(
+        27, ge=1, description="ScatterNet: GroupNorm groups over the scattering maps"
+    )
     bert_layers: int = Field(6, ge=1, le=6, description="MiniLM encoder layers kept")
     bert_trainable: Literal[
         "head", "top-k", "lora", "lora-top-k", "bitfit", "all-but-embeddings"

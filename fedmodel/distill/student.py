@@ -32,7 +32,7 @@ PRIVACY_NOTE = (
     "post-processing of the DP global model on the server's public rows: no privacy spent, "
     "no site row read"
 )
-_TASK_OF_MODEL = {"cnn": "image", "mlp": "tabular", "minilm": "text"}
+_TASK_OF_MODEL = {"cnn": "image", "scatternet": "image", "mlp": "tabular", "minilm": "text"}
 
 
 @dataclass(frozen=True)

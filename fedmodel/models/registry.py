@@ -11,7 +11,7 @@ from fedmodel.config import ModelConfig
 from fedmodel.device import manual_seed
 from fedmodel.models.errors import ModelError
 
-MODEL_NAMES = ("cnn", "mlp", "minilm", "custom")
+MODEL_NAMES = ("cnn", "mlp", "minilm", "scatternet", "custom")
 # Students for ``fedmodel distill``: small registered models a teacher's soft labels train.
 # Each is an ordinary config of a registered architecture (so export, predict and quantisation
 # treat it like any model) and fits one kind of teacher input.
@@ -85,6 +85,17 @@ def _build(
         from fedmodel.models.cnn import CNN
 
         return CNN(shape, num_classes, channels=cfg.cnn_channels, dropout=cfg.dropout)
+    if cfg.name == "scatternet":
+        from fedmodel.models.scatter import ScatterNet
+
+        return ScatterNet(
+            shape,
+            num_classes,
+            scales=cfg.scatter_scales,
+            angles=cfg.scatter_angles,
+            groups=cfg.scatter_groups,
+            dropout=cfg.dropout,
+        )
     if cfg.name == "mlp":
         from fedmodel.models.mlp import MLP
 

@@ -1,18 +1,20 @@
 """The frozen trunk computed once: DP-SGD then runs on the trainable top only.
 
 A model whose lower layers are frozen (``MiniLMClassifier`` with ``head``, ``top-k`` or
-``lora-top-k``) computes the same function of each row in those layers in every step of every
-round. This module runs them once over a site's rows, keeps the outputs in the site's cache
-(:mod:`fedmodel.cache`, keyed by the trunk's digest and the rows' digest) and hands the training
-loop a dataset of ``(trunk outputs, attention mask, label)`` that the model's ``forward``
-accepts in place of token ids.
+``lora-top-k``; ``ScatterNet``'s wavelet scattering) computes the same function of each row in
+those layers in every step of every round. This module runs them once over a site's rows, keeps
+the outputs in the site's cache (:mod:`fedmodel.cache`, keyed by the trunk's digest and the
+rows' digest) and hands the training loop a dataset of ``(trunk outputs, attention mask,
+label)`` (text) or ``(trunk outputs, label)`` (images) that the model's ``forward`` accepts in
+place of its raw inputs.
 
-Why the privacy guarantee is unchanged: the trunk is the public pretrained checkpoint, never
-trained, so its output for a row is a fixed function of that row alone (post-processing of one
-record, no other record and no noise involved). DP-SGD's per-sample clipping bounds the
-gradient of each row's loss with respect to the trainable parameters, which is the same
-gradient whether the row enters as tokens or as its trunk outputs; the sensitivity, noise and
-accounting do not change. The cached outputs stay on the site's disk; only the DP update leaves.
+Why the privacy guarantee is unchanged: the trunk is the public pretrained checkpoint (or a
+fixed transform), never trained, so its output for a row is a fixed function of that row alone
+(post-processing of one record, no other record and no noise involved). DP-SGD's per-sample
+clipping bounds the gradient of each row's loss with respect to the trainable parameters,
+which is the same gradient whether the row enters raw or as its trunk outputs; the sensitivity,
+noise and accounting do not change. The cached outputs stay on the site's disk; only the DP
+update leaves.
 
 A site also keeps its *own* copy of the public trunk weights when it loads the global model
 (:func:`load_global_state`): FedAvg's float32 weighted mean of identical frozen tensors is not
@@ -35,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from fedmodel.cache import TensorCache, digest, tensors_digest
 from fedmodel.config import TrainConfig
+from fedmodel.data.preprocess import ShiftAugmented
 from fedmodel.device import autocast_for, resolve_device
 from fedmodel.training.errors import TrainingError
 
@@ -46,11 +49,12 @@ log = logging.getLogger(__name__)
 
 @runtime_checkable
 class TrunkModel(Protocol):
-    """A model with frozen leading layers whose outputs ``forward`` also accepts."""
+    """A model with frozen leading layers whose outputs ``forward`` also accepts. ``trunk``
+    takes token ids and mask, or images when the model says ``trunk_input = "image"``."""
 
     frozen_layers: int
 
-    def trunk(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor: ...
+    def trunk(self, *inputs: Tensor) -> Tensor: ...  # token ids and mask, or images
 
     def trunk_digest(self) -> str: ...
 
@@ -83,21 +87,52 @@ def load_global_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     model.load_state_dict(merged)
 
 
+def _held_tensors(dataset: Dataset, count: int) -> tuple[Tensor, ...] | None:
+    """The ``count`` tensors of a ``TensorDataset`` (or the rows of a ``Subset`` of one), sliced
+    without a copy through a loader; None for any other dataset."""
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    if not (isinstance(base, TensorDataset) and len(base.tensors) == count):
+        return None
+    if not isinstance(dataset, Subset):
+        return tuple(base.tensors)
+    index = torch.as_tensor(list(dataset.indices), dtype=torch.int64)
+    return tuple(t[index] for t in base.tensors)
+
+
+def _read_rows(dataset: Dataset, count: int, what: str) -> tuple[Tensor, ...]:
+    """Every row of ``dataset`` read once, in order, as ``count`` stacked tensors."""
+    batches = list(DataLoader(dataset, batch_size=1024, shuffle=False))
+    if not batches or len(batches[0]) != count:
+        raise TrainingError(f"trunk cache: expected {what}")
+    return tuple(torch.cat([b[i] for b in batches]) for i in range(count))
+
+
 def text_tensors(dataset: Dataset) -> tuple[Tensor, Tensor, Tensor]:
     """``(input_ids, attention_mask, labels)`` of a text dataset, without copying a whole
     ``TensorDataset`` (or a ``Subset`` of one) through a loader."""
-    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 3:
-        ids, mask, labels = dataset.tensors
-        return ids, mask, labels
-    if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset):
-        index = torch.as_tensor(list(dataset.indices), dtype=torch.int64)
-        tensors = dataset.dataset.tensors
-        if len(tensors) == 3:
-            return tensors[0][index], tensors[1][index], tensors[2][index]
-    batches = list(DataLoader(dataset, batch_size=1024, shuffle=False))
-    if not batches or len(batches[0]) != 3:
-        raise TrainingError("trunk cache: expected text rows (input_ids, attention_mask, label)")
-    return tuple(torch.cat([b[i] for b in batches]) for i in range(3))  # type: ignore[return-value]
+    held = _held_tensors(dataset, 3) or _read_rows(
+        dataset, 3, "text rows (input_ids, attention_mask, label)"
+    )
+    return held  # type: ignore[return-value]
+
+
+def image_tensors(dataset: Dataset) -> tuple[Tensor, Tensor]:
+    """``(images, labels)`` of image rows: sliced out of a ``TensorDataset`` (or a ``Subset`` of
+    one), else read once in order (a site's image folders)."""
+    held = _held_tensors(dataset, 2) or _read_rows(dataset, 2, "image rows (image, label)")
+    return held  # type: ignore[return-value]
+
+
+def augmented(dataset: Dataset) -> bool:
+    """Whether rows change at every access (random shifts): a trunk computed once would freeze
+    one draw of them, a different training set, so such rows go through the model's trunk in
+    every step instead."""
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    return isinstance(base, ShiftAugmented)
+
+
+def _takes_images(model: nn.Module) -> bool:
+    return getattr(model, "trunk_input", "text") == "image"
 
 
 def row_lengths(dataset: Dataset) -> Tensor | None:
@@ -129,19 +164,45 @@ def trunk_rows(
     if not has_trunk(model):
         raise TrainingError("trunk cache: the model has no frozen trunk")
     started = time.perf_counter()
-    ids, mask, labels = text_tensors(dataset)
-    key = digest("trunk", model.trunk_digest(), tensors_digest(ids, mask))  # type: ignore[attr-defined]
+    if _takes_images(model):
+        images, labels = image_tensors(dataset)
+        inputs: tuple[Tensor, ...] = (images,)
+    else:
+        ids, mask, labels = text_tensors(dataset)
+        inputs = (ids, mask)
+    key = digest("trunk", model.trunk_digest(), tensors_digest(*inputs))  # type: ignore[attr-defined]
     cache = TensorCache(cache_dir) if cache_dir is not None else None
     entry = cache.load(key) if cache is not None else None
     hit = entry is not None and tuple(entry["states"].shape[:1]) == (len(labels),)
     if hit:
         states = entry["states"]  # type: ignore[index]
+    elif _takes_images(model):
+        states = compute_image_trunk(model, inputs[0], device=device, batch_size=batch_size)
     else:
-        states = compute_trunk(model, ids, mask, device=device, batch_size=batch_size)
-        if cache is not None:
-            cache.save(key, {"states": states})
-    rows = TensorDataset(states, mask, labels)
+        states = compute_trunk(model, *inputs, device=device, batch_size=batch_size)
+    if cache is not None and not hit:
+        cache.save(key, {"states": states})
+    rows = TensorDataset(states, *inputs[1:], labels)
     return TrunkRows(rows, hit, time.perf_counter() - started, key)
+
+
+def compute_image_trunk(
+    model: nn.Module, images: Tensor, *, device: torch.device, batch_size: int
+) -> Tensor:
+    """Trunk outputs of every image (float32, CPU, in row order)."""
+    if len(images) == 0:
+        raise TrainingError("trunk cache: no rows")
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        with torch.no_grad():
+            parts = [
+                model.trunk(images[i : i + batch_size].to(device)).float().cpu()  # type: ignore[operator]
+                for i in range(0, len(images), batch_size)
+            ]
+    finally:
+        model.train(was_training)
+    return torch.cat(parts)
 
 
 def compute_trunk(
@@ -187,6 +248,8 @@ def rows_through_trunk(
     folder (the trunk entries go to its ``trunk/`` subfolder)."""
     if not (train_cfg.trunk_cache and has_trunk(model)) or len(dataset) == 0:  # type: ignore[arg-type]
         return dataset
+    if augmented(dataset):
+        return dataset  # the model runs its trunk in every step instead
     folder = None if cache_dir is None else Path(cache_dir) / TRUNK_SUBDIR
     rows = trunk_rows(model, dataset, folder, device=resolve_device(train_cfg.device))
     how = "read from the cache" if rows.hit else "computed"
